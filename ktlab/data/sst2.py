@@ -1,0 +1,78 @@
+"""GLUE SST-2 (binary sentiment) in one schema: ``idx: int, sentence: str, label: int``.
+
+The test split has no public labels; its ``label`` is ``-1``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import datasets
+
+from ktlab.data import mirror
+
+LABELS = ["negative", "positive"]
+SPLITS = ("train", "dev", "test")
+HUB_ID, HUB_CONFIG = "nyu-mll/glue", "sst2"
+_HUB_SPLIT = {"train": "train", "dev": "validation", "test": "test"}
+
+FEATURES = datasets.Features({
+    "idx": datasets.Value("int32"),
+    "sentence": datasets.Value("string"),
+    "label": datasets.Value("int64"),
+})
+
+
+def read_tsv(path: Path, split: str) -> datasets.Dataset:
+    """Parse a GLUE SST-2 TSV file (``sentence\\tlabel``, or ``index\\tsentence`` for test)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        raise mirror.DataCorruptError(f"{path} is empty; restore it from the mirror source")
+    header = lines[0].rstrip("\r").split("\t")
+    rows = {"idx": [], "sentence": [], "label": []}
+    for number, line in enumerate(lines[1:], start=2):
+        line = line.rstrip("\r")
+        if not line:
+            continue
+        cols = line.split("\t")
+        if len(cols) != 2:
+            raise mirror.DataCorruptError(f"{path}:{number}: expected 2 tab-separated columns, "
+                                          f"got {len(cols)}")
+        if header == ["index", "sentence"]:
+            idx, sentence, label = int(cols[0]), cols[1], -1
+        elif header == ["sentence", "label"]:
+            idx, sentence, label = len(rows["idx"]), cols[0], int(cols[1])
+        else:
+            raise mirror.DataCorruptError(f"{path}: unknown header {header!r}; expected "
+                                          "'sentence<TAB>label' or 'index<TAB>sentence'")
+        rows["idx"].append(idx)
+        rows["sentence"].append(sentence.strip())
+        rows["label"].append(label)
+    return datasets.Dataset.from_dict(rows, features=FEATURES, split=split)
+
+
+def _from_hub(split: str) -> datasets.Dataset:
+    raw = datasets.load_dataset(HUB_ID, HUB_CONFIG, split=_HUB_SPLIT[split])
+    raw = raw.map(lambda ex: {"sentence": ex["sentence"].strip(), "label": int(ex["label"])})
+    return raw.select_columns(["idx", "sentence", "label"]).cast(FEATURES)
+
+
+def load_sst2(split: Optional[str] = None, data_dir: Optional[str | Path] = None
+              ) -> datasets.Dataset | datasets.DatasetDict:
+    """Load SST-2: from the mirror (``data_dir`` or ``KTLAB_DATA_DIR``), else from the hub.
+
+    ``split`` is ``train``, ``dev`` (alias ``validation``) or ``test``; ``None`` gives all three.
+    """
+    if split is None:
+        return datasets.DatasetDict({s: load_sst2(s, data_dir) for s in SPLITS})
+    if split == "validation":
+        split = "dev"
+    if split not in SPLITS:
+        raise ValueError(f"unknown SST-2 split {split!r}; choose one of {SPLITS}")
+    root = mirror.mirror_root(data_dir)
+    if mirror.mirror_has(root, "sst2", split):
+        return read_tsv(mirror.verified_mirror_file(root, "sst2", split), split)
+    reason = mirror.hub_offline_reason()
+    if reason:
+        raise mirror.no_data_error("SST-2", root, reason)
+    return _from_hub(split)
