@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -112,15 +113,23 @@ def hub_offline_reason(timeout: float = 2.0) -> Optional[str]:
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
             return f"{var} is set"
-    try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
-            return None
-    except OSError as err:
-        return f"cannot reach {HUB_HOST} ({err.__class__.__name__}: {err})"
+    result: list[Optional[str]] = ["timed out after %.0f s" % timeout]
+
+    def probe() -> None:  # DNS lookups ignore socket timeouts, so probe in a thread
+        try:
+            with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+                result[0] = None
+        except OSError as err:
+            result[0] = f"{err.__class__.__name__}: {err}"
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)
+    return None if result[0] is None else f"cannot reach {HUB_HOST} ({result[0]})"
 
 
 def no_data_error(dataset: str, root: Optional[Path], reason: str) -> DataUnavailableError:
-    where = (f"the mirror folder {root} has no {dataset}/ files" if root
+    where = (f"the mirror folder {root} has no {dataset} files" if root
              else "KTLAB_DATA_DIR is not set")
     return DataUnavailableError(
         f"cannot load {dataset}: {where}, and the Hugging Face hub is unavailable ({reason}). "
