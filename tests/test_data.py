@@ -177,3 +177,37 @@ def test_empty_mirror_folder_offline_names_the_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataUnavailableError, match="mirror folder .*empty has no SST-2"):
         load_sst2("dev", data_dir=tmp_path / "empty")
+
+
+def test_hub_schema_maps_to_the_same_rows(data_dir):
+    """The hub's integer-label layout (built here from real mirror rows) maps to our schema."""
+    import datasets
+
+    from ktlab.data import CHUNK_LABELS, NER_LABELS, POS_LABELS, conll, sst2
+
+    ours = load_conll("valid", data_dir=data_dir).select(range(50))
+    hub_features = datasets.Features({
+        "id": datasets.Value("string"), "tokens": datasets.Sequence(datasets.Value("string")),
+        "pos_tags": datasets.Sequence(datasets.ClassLabel(names=POS_LABELS)),
+        "chunk_tags": datasets.Sequence(datasets.ClassLabel(names=CHUNK_LABELS)),
+        "ner_tags": datasets.Sequence(datasets.ClassLabel(names=NER_LABELS))})
+    hub_rows = datasets.Dataset.from_dict({
+        "id": ours["id"], "tokens": list(ours["tokens"]),
+        "pos_tags": [[POS_LABELS.index(t) for t in s] for s in ours["pos_tags"]],
+        "chunk_tags": [[CHUNK_LABELS.index(t) for t in s] for s in ours["chunk_tags"]],
+        "ner_tags": [[NER_LABELS.index(t) for t in s] for s in ours["ner_tags"]]},
+        features=hub_features)
+    mapped = conll.from_hub_schema(hub_rows)
+    assert mapped.features == ours.features
+    for column in ("tokens", "pos_tags", "chunk_tags", "ner_tags"):
+        assert list(mapped[column]) == list(ours[column])
+    assert set(mapped["document_id"]) == {-1}
+
+    dev = load_sst2("dev", data_dir=data_dir).select(range(20))
+    glue = datasets.Dataset.from_dict(
+        {"sentence": [s + " " for s in dev["sentence"]], "label": list(dev["label"]),
+         "idx": list(dev["idx"])},
+        features=datasets.Features({"sentence": datasets.Value("string"),
+                                    "label": datasets.ClassLabel(names=["negative", "positive"]),
+                                    "idx": datasets.Value("int32")}))
+    assert sst2.from_hub_schema(glue).to_list() == dev.to_list()

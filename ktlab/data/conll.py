@@ -109,17 +109,24 @@ def read_conll(path: str | Path, split: str = "train") -> datasets.Dataset:
 
 def _from_hub(split: str) -> datasets.Dataset:
     raw = datasets.load_dataset(HUB_ID, revision=HUB_REVISION, split=_HUB_SPLIT[split])
+    return from_hub_schema(raw)
+
+
+def from_hub_schema(raw: datasets.Dataset) -> datasets.Dataset:
+    """Map the hub's integer ClassLabel columns to ktlab's IOB2 string schema.
+
+    The hub copy marks no documents, so ``document_id`` is -1 there.
+    """
     names = {col: raw.features[col].feature.names for col in ("pos_tags", "chunk_tags", "ner_tags")}
 
-    def to_strings(ex: dict) -> dict:
-        return {col: [names[col][i] for i in ex[col]] for col in names}
+    def to_strings(ex: dict, i: int) -> dict:
+        tags = {col: [names[col][t] for t in ex[col]] for col in names}
+        return {"id": str(i), "document_id": -1, "tokens": ex["tokens"],
+                "pos_tags": tags["pos_tags"], "chunk_tags": iob1_to_iob2(tags["chunk_tags"]),
+                "ner_tags": iob1_to_iob2(tags["ner_tags"])}
 
-    raw = raw.map(to_strings, features=None)
-    # The hub copy has no document ids: documents are not marked in its rows.
-    raw = raw.map(lambda ex, i: {"id": str(i), "document_id": -1,
-                                 "chunk_tags": iob1_to_iob2(ex["chunk_tags"]),
-                                 "ner_tags": iob1_to_iob2(ex["ner_tags"])}, with_indices=True)
-    return raw.select_columns(list(FEATURES)).cast(FEATURES)
+    return raw.map(to_strings, with_indices=True, remove_columns=raw.column_names,
+                   features=FEATURES)
 
 
 def load_conll(split: Optional[str] = None, data_dir: Optional[str | Path] = None

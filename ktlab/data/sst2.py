@@ -52,9 +52,14 @@ def read_tsv(path: Path, split: str) -> datasets.Dataset:
 
 
 def _from_hub(split: str) -> datasets.Dataset:
-    raw = datasets.load_dataset(HUB_ID, HUB_CONFIG, split=_HUB_SPLIT[split])
-    raw = raw.map(lambda ex: {"sentence": ex["sentence"].strip(), "label": int(ex["label"])})
-    return raw.select_columns(["idx", "sentence", "label"]).cast(FEATURES)
+    return from_hub_schema(datasets.load_dataset(HUB_ID, HUB_CONFIG, split=_HUB_SPLIT[split]))
+
+
+def from_hub_schema(raw: datasets.Dataset) -> datasets.Dataset:
+    """Map ``nyu-mll/glue`` sst2 rows (sentence, ClassLabel label, idx) to ktlab's schema."""
+    return raw.map(lambda ex: {"idx": ex["idx"], "sentence": ex["sentence"].strip(),
+                               "label": int(ex["label"])},
+                   remove_columns=raw.column_names, features=FEATURES)
 
 
 def load_sst2(split: Optional[str] = None, data_dir: Optional[str | Path] = None
