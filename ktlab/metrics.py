@@ -1,0 +1,152 @@
+"""Numbers that every experiment reports: accuracy, calibration, speed and size.
+
+Each function takes plain tensors (or arrays) so that notebooks, the Trainer and the experiment
+pipelines share one definition. Token-level inputs (``[N, L, C]`` logits with ``[N, L]`` labels)
+are flattened and positions labelled ``-100`` are ignored, as in the loss.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+IGNORE_INDEX = -100
+
+
+def _as_tensor(x: Any) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+
+def _flatten(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flatten token-level logits/labels and drop positions labelled -100."""
+    logits, labels = _as_tensor(logits), _as_tensor(labels)
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}: "
+                         "expected logits [..., C] with labels [...]")
+    logits = logits.reshape(-1, logits.shape[-1])
+    labels = labels.reshape(-1)
+    keep = labels != IGNORE_INDEX
+    return logits[keep], labels[keep]
+
+
+def accuracy(logits: Any, labels: Any) -> float:
+    """Share of (non-ignored) positions whose arg-max equals the label."""
+    logits, labels = _flatten(logits, labels)
+    if labels.numel() == 0:
+        raise ValueError("no labelled examples (all labels are -100 or the input is empty)")
+    return float((logits.argmax(-1) == labels).float().mean())
+
+
+def classification_metrics(logits: Any, labels: Any) -> dict:
+    """Accuracy, ECE and negative log-likelihood: a ``metric_fn`` for the Trainer."""
+    logits, labels = _flatten(logits, labels)
+    nll = float(torch.nn.functional.cross_entropy(logits.float(), labels.long()))
+    return {"accuracy": accuracy(logits, labels), "ece": expected_calibration_error(logits, labels),
+            "nll": nll}
+
+
+def expected_calibration_error(logits: Any, labels: Any, n_bins: int = 15) -> float:
+    """ECE (Guo et al. 2017): bin predictions by confidence, average |accuracy - confidence|
+    weighted by bin size. 0 = perfectly calibrated. Fine-tuned transformers tend to be
+    over-confident, and distillation with a temperature often lowers ECE."""
+    conf, acc = _confidence_and_correct(logits, labels)
+    edges = torch.linspace(0, 1, n_bins + 1)
+    ece = torch.zeros(())
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (conf > lo) & (conf <= hi)
+        if in_bin.any():
+            ece += in_bin.float().mean() * (acc[in_bin].mean() - conf[in_bin].mean()).abs()
+    return float(ece)
+
+
+def reliability_curve(logits: Any, labels: Any, n_bins: int = 10) -> dict:
+    """Per-bin confidence, accuracy and count, for a reliability diagram."""
+    conf, acc = _confidence_and_correct(logits, labels)
+    edges = torch.linspace(0, 1, n_bins + 1)
+    out = {"bin_lower": [], "bin_upper": [], "confidence": [], "accuracy": [], "count": []}
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (conf > lo) & (conf <= hi)
+        n = int(in_bin.sum())
+        out["bin_lower"].append(float(lo))
+        out["bin_upper"].append(float(hi))
+        out["count"].append(n)
+        out["confidence"].append(float(conf[in_bin].mean()) if n else float("nan"))
+        out["accuracy"].append(float(acc[in_bin].mean()) if n else float("nan"))
+    return out
+
+
+def _confidence_and_correct(logits: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    logits, labels = _flatten(logits, labels)
+    if labels.numel() == 0:
+        raise ValueError("no labelled examples (all labels are -100 or the input is empty)")
+    probs = logits.float().softmax(-1)
+    conf, pred = probs.max(-1)
+    return conf, (pred == labels).float()
+
+
+def parameter_counts(model: nn.Module) -> dict:
+    """Total and trainable parameters, and the trainable share (for freezing/PEFT tables)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable,
+            "trainable_share": trainable / total if total else 0.0}
+
+
+def model_size_mb(model: nn.Module) -> float:
+    """Parameters and buffers in MiB, as stored (fp32 = 4 bytes each)."""
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    size += sum(b.numel() * b.element_size() for b in model.buffers())
+    return size / 2 ** 20
+
+
+def _sync(device: Optional[torch.device]) -> None:
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def measure_latency(fn: Callable[[], Any], warmup: int = 2, repeats: int = 10,
+                    device: Optional[torch.device | str] = None) -> dict:
+    """Wall-clock seconds per call of ``fn`` (median and spread after ``warmup`` calls).
+
+    The median resists the noise of a shared machine; CUDA is synchronised around each call so
+    asynchronous kernels are counted."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "mean_s": statistics.fmean(times),
+            "min_s": min(times), "max_s": max(times), "repeats": repeats}
+
+
+@torch.no_grad()
+def measure_throughput(model: nn.Module, batches: list[dict], warmup: int = 1,
+                       repeats: int = 1) -> dict:
+    """Inference examples per second of ``model(**batch)`` over a list of prepared batches."""
+    if not batches:
+        raise ValueError("measure_throughput needs at least one batch")
+    model.eval()
+    device = next(model.parameters()).device
+    batches = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+               for b in batches]
+    n = sum(int(next(v for v in b.values() if isinstance(v, torch.Tensor)).shape[0])
+            for b in batches)
+
+    def run() -> None:
+        for b in batches:
+            model(**b)
+
+    lat = measure_latency(run, warmup=warmup, repeats=repeats, device=device)
+    return {"examples_per_s": n / lat["median_s"], "seconds": lat["median_s"], "examples": n,
+            "ms_per_example": 1000 * lat["median_s"] / n}
