@@ -16,7 +16,11 @@ from typing import Iterable, Optional, Sequence
 from torch import nn
 
 _LAYER_IDX = re.compile(r"\blayer\.(\d+)\.")
-HEAD_PATTERNS = ("classifier", "cls.", "qa_outputs", "score", "pooler")
+#: The new task head (what a linear probe or PEFT method trains besides its own parameters).
+TASK_HEAD = ("classifier", "cls.", "qa_outputs", "score")
+#: Blocks that sit above the encoder layers (the pooler feeds BERT's sequence classifier), for
+#: depth-based schedules (gradual unfreezing, layer-wise LR decay).
+HEAD_PATTERNS = TASK_HEAD + ("pooler",)
 
 
 def _layer_of(name: str) -> Optional[int]:
@@ -72,9 +76,7 @@ def freeze_bottom_k(model: nn.Module, k: int, include_embeddings: bool = True) -
     return _set(model, names, False)
 
 
-def freeze_all_but_head(model: nn.Module,
-                        head_patterns: Sequence[str] = ("classifier", "cls.", "qa_outputs",
-                                                        "score")) -> int:
+def freeze_all_but_head(model: nn.Module, head_patterns: Sequence[str] = TASK_HEAD) -> int:
     """Freeze everything except the task head: a linear probe of the teacher's features."""
     head = [n for n, _ in model.named_parameters() if is_head(n, head_patterns)]
     if not head:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ktlab.transfer.freeze import is_head
+from ktlab.transfer.freeze import TASK_HEAD, is_head
 
 
 class LoRALinear(nn.Module):
@@ -87,7 +87,7 @@ def _matches(name: str, targets: Sequence[str]) -> bool:
 
 def _freeze_all_but_head(model: nn.Module) -> None:
     for name, p in model.named_parameters():
-        p.requires_grad_(is_head(name))
+        p.requires_grad_(is_head(name, TASK_HEAD))
 
 
 def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,

@@ -10,7 +10,7 @@
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +153,3 @@ def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def named_subset(state: Mapping[str, torch.Tensor], names: Iterable[str]) -> dict:
-    names = set(names)
-    return {k: v for k, v in state.items() if k in names}
