@@ -334,6 +334,9 @@ def _grade_from_result(spec: Any, r: Dict[str, Any]) -> TaskGrade:
 def grade(paths: Sequence[str | Path], *, timeout: float = 600, cell_timeout: Optional[float] = None,
           jobs: int = 1, executed_dir: Optional[Path] = None) -> List[SubmissionReport]:
     """Grade every submission (``jobs`` at a time); the reports keep the order of ``paths``."""
+    from ktlab.grading.checks import load_all
+
+    load_all()  # once, before the threads start
     if executed_dir is not None:
         executed_dir.mkdir(parents=True, exist_ok=True)
 
