@@ -1,25 +1,16 @@
 """Reference implementations for the warm-up exercises (notebook 00).
 
-Later notebooks' checks compare against the real ktlab modules (``ktlab.nn.attention``,
-``ktlab.transfer.distill``, ...); the warm-up functions are small enough to live here.
+Checks compare against ktlab's own code: the softmax with temperature is the one distillation
+uses, :func:`ktlab.transfer.distill.soften`. Masked mean-pooling has no other home in the
+package yet, so it lives here.
 """
 from __future__ import annotations
 
 import torch
 
+from ktlab.transfer.distill import soften as softmax_with_temperature
 
-def softmax_with_temperature(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``softmax(logits / T)`` over the last dimension, computed stably (max subtracted).
-
-    A temperature above 1 flattens the distribution (the "dark knowledge" of soft targets in
-    distillation), below 1 sharpens it. ``T <= 0`` is meaningless, so it is refused.
-    """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    z = logits / temperature
-    z = z - z.max(dim=-1, keepdim=True).values
-    e = torch.exp(z)
-    return e / e.sum(dim=-1, keepdim=True)
+__all__ = ["softmax_with_temperature", "masked_mean_pool"]
 
 
 def masked_mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

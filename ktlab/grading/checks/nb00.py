@@ -1,7 +1,8 @@
 """Checks for ``solutions/00_warmup.ipynb``: softmax with temperature, masked mean-pooling.
 
 Each case feeds seeded random inputs of a different shape to the student's function and to the
-reference in :mod:`ktlab.grading.reference`, so a hard-coded answer cannot pass.
+reference (:func:`ktlab.transfer.distill.soften` via :mod:`ktlab.grading.reference`), so a
+hard-coded answer cannot pass.
 """
 from __future__ import annotations
 
