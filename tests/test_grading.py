@@ -1,6 +1,7 @@
 """Checks, the registry and the exercise builder, in-process (no kernel): fast."""
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -257,9 +258,28 @@ def test_committed_exercises_are_up_to_date_with_solutions():
         "\n".join(problems)
 
 
-def test_grade_rejects_a_bad_report_name(tmp_path, capsys):
+def test_grade_rejects_a_bad_report_name_and_an_empty_folder(tmp_path, capsys):
     assert ktlab_main(["grade", str(tmp_path / "x.ipynb"), "--out", str(tmp_path / "g.txt")]) == 2
     assert "--out must end in .csv or .json" in capsys.readouterr().err
+    assert ktlab_main(["grade", str(tmp_path)]) == 2
+    assert "no .ipynb files in" in capsys.readouterr().err
+
+
+def test_missing_and_unreadable_submissions_get_reasons_in_csv(tmp_path, capsys):
+    """No kernel is started for these, so this runs in a second."""
+    (tmp_path / "00_broken.ipynb").write_text('{"cells": 3}')
+    out = tmp_path / "grades.csv"
+    assert ktlab_main(["grade", str(tmp_path), str(tmp_path / "00_gone.ipynb"), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [(Path(r["submission"]).name, r["task"], r["points"], r["status"]) for r in rows] == [
+        ("00_broken.ipynb", "00.softmax", "0.0", "not run"),
+        ("00_broken.ipynb", "00.mean_pool", "0.0", "not run"),
+        ("00_broken.ipynb", "TOTAL", "0.0", "unreadable"),
+        ("00_gone.ipynb", "00.softmax", "0.0", "not run"),
+        ("00_gone.ipynb", "00.mean_pool", "0.0", "not run"),
+        ("00_gone.ipynb", "TOTAL", "0.0", "missing")]
+    assert all(r["reasons"] for r in rows)
+    assert "submission not found" in rows[-1]["reasons"]
 
 
 def test_network_guard_refuses_remote_connections_but_not_loopback():

@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=_release)
 
     g = sub.add_parser("grade", help="grade submitted notebooks, each in a fresh kernel")
-    g.add_argument("submissions", nargs="+", help="the .ipynb files to grade")
+    g.add_argument("submissions", nargs="+",
+                   help="the .ipynb files to grade (a folder: every notebook in it)")
     g.add_argument("--out", type=Path, default=None, help="write the report: grades.csv or grades.json")
     g.add_argument("--timeout", type=float, default=600,
                    help="seconds per notebook, kernel start included (default 600)")
@@ -97,7 +98,14 @@ def _grade(args) -> int:
     if args.timeout <= 0:
         print("error: --timeout must be positive", file=sys.stderr)
         return 2
-    reports = grade(args.submissions, timeout=args.timeout, cell_timeout=args.cell_timeout,
+    submissions = []
+    for item in args.submissions:  # a folder means every notebook in it
+        path = Path(item)
+        submissions += sorted(map(str, path.glob("*.ipynb"))) if path.is_dir() else [item]
+    if not submissions:
+        print("error: no .ipynb files in " + ", ".join(args.submissions), file=sys.stderr)
+        return 2
+    reports = grade(submissions, timeout=args.timeout, cell_timeout=args.cell_timeout,
                     jobs=args.jobs, executed_dir=args.executed)
     print(format_report(reports))
     if args.out is not None:
