@@ -7,6 +7,7 @@
 * :mod:`ktlab.transfer.distill` - KD losses, teacher caching, the Distiller
 * :mod:`ktlab.transfer.peft` - LoRA, Houlsby adapters, BitFit
 * :mod:`ktlab.transfer.forgetting` - linear CKA and weight distance to the source
+* :mod:`ktlab.transfer.multitask` - shared encoder + heads, task samplers, loss weighting
 
 Import the sub-modules directly (``from ktlab.transfer.distill import kd_loss``); this package
 imports them lazily so that ``import ktlab.transfer`` stays cheap.
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import importlib
 
-_SUBMODULES = ("interpolate", "layers", "freeze", "regularize", "distill", "peft", "forgetting")
+_SUBMODULES = ("interpolate", "layers", "freeze", "regularize", "distill", "peft", "forgetting",
+               "multitask")
 
 
 def __getattr__(name: str):
