@@ -219,3 +219,171 @@ def build_student(name: str, vocab_size: int, num_labels: int = 2, *, pad_token_
         raise ValueError(f"unknown embedding_init {embedding_init!r}; choose one of "
                          f"{EMBEDDING_INITS}")
     return model
+
+
+# ----------------------------------------------------------------------------- token-level taggers
+#
+# NER needs one prediction per *word*. The taggers below return emission scores for every
+# sub-token, ``(batch, seq, num_labels)``; :func:`word_view` keeps the first sub-token of each word
+# (the positions whose label is not -100), which is where the teacher is trained and evaluated too.
+
+TAGGER_NAMES = ("bilstm", "tiny")
+#: Word-shape classes fed to the BiLSTM tagger: the uncased MiniLM vocabulary throws casing away,
+#: and "Bank" vs "bank" is much of what makes an entity (Lample et al. 2016 use characters).
+CASE_CLASSES = ("pad", "lower", "title", "upper", "digit", "other")
+
+
+def case_class(word: str) -> int:
+    """Index in :data:`CASE_CLASSES` of a word's shape (0 is reserved for padding/specials)."""
+    if word.isupper():
+        return 3
+    if word[:1].isupper():
+        return 2
+    if word.islower():
+        return 1
+    if any(ch.isdigit() for ch in word):
+        return 4
+    return 5
+
+
+def case_ids_for(words: Sequence[str], word_ids: Sequence[Optional[int]]) -> list[int]:
+    """One shape id per sub-token: the shape of the word it belongs to (0 for [CLS]/[SEP])."""
+    return [0 if w is None else case_class(words[w]) for w in word_ids]
+
+
+class BiLSTMTagger(nn.Module):
+    """Embeddings (+ a small word-shape embedding) -> BiLSTM -> dropout -> linear emissions.
+
+    The classic neural NER tagger (Huang et al. 2015; Lample et al. 2016 without the character
+    LSTM). ``case_dim=0`` switches the shape feature off; ``case_ids`` then are ignored."""
+
+    def __init__(self, vocab_size: int, num_labels: int = 9, embed_dim: int = 300,
+                 hidden_size: int = 256, num_layers: int = 1, case_dim: int = 16,
+                 dropout: float = 0.3, pad_token_id: int = 0):
+        super().__init__()
+        self.pad_token_id = pad_token_id
+        self.embedding: nn.Module = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_token_id)
+        self.case_embedding = (nn.Embedding(len(CASE_CLASSES), case_dim, padding_idx=0)
+                               if case_dim else None)
+        self.lstm = nn.LSTM(embed_dim + case_dim, hidden_size, num_layers=num_layers,
+                            batch_first=True, bidirectional=True,
+                            dropout=dropout if num_layers > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(2 * hidden_size, num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                case_ids: Optional[torch.Tensor] = None, **_: Any) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = (input_ids != self.pad_token_id).long()
+        x = self.embedding(input_ids)                                     # (B, T, E)
+        if self.case_embedding is not None:
+            if case_ids is None:
+                case_ids = torch.zeros_like(input_ids)
+            x = torch.cat([x, self.case_embedding(case_ids)], dim=-1)
+        lengths = attention_mask.sum(1).clamp(min=1)
+        packed = nn.utils.rnn.pack_padded_sequence(self.dropout(x), lengths.cpu(),
+                                                   batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
+                                                  total_length=input_ids.shape[1])
+        return self.classifier(self.dropout(out))                         # (B, T, C)
+
+
+def tiny_transformer_tagger(vocab_size: int, num_labels: int = 9, hidden_size: int = 256,
+                            num_layers: int = 4, num_heads: int = 4,
+                            intermediate_size: Optional[int] = None,
+                            max_position_embeddings: int = 512, dropout: float = 0.1,
+                            pad_token_id: int = 0) -> nn.Module:
+    """A small randomly initialised ``BertForTokenClassification`` (same names as the teacher)."""
+    from transformers import BertConfig, BertForTokenClassification
+
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
+    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden_size,
+                        num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                        intermediate_size=intermediate_size or 4 * hidden_size,
+                        max_position_embeddings=max_position_embeddings,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                        num_labels=num_labels, pad_token_id=pad_token_id)
+    return BertForTokenClassification(config)
+
+
+def word_view(logits: torch.Tensor, labels: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep one row per *word*: the first sub-token positions (``labels != -100``), packed left.
+
+    Returns ``(word_logits [B, W, C], word_labels [B, W] (-100 on padding), word_mask [B, W])``
+    with ``W`` the most words in the batch. Words stay in sentence order, so row ``b`` position
+    ``i`` is word ``i`` of sentence ``b`` (unless truncation cut it)."""
+    if logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} must "
+                         "agree on (batch, seq)")
+    keep = labels != -100
+    counts = keep.sum(1)
+    width = max(int(counts.max()) if counts.numel() else 0, 1)
+    # stable sort puts kept positions first, in their original order
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :width]
+    word_logits = logits.gather(1, order.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+    word_mask = torch.arange(width, device=labels.device)[None, :] < counts[:, None]
+    word_labels = labels.gather(1, order).masked_fill(~word_mask, -100)
+    return word_logits, word_labels, word_mask
+
+
+class CRFTagger(nn.Module):
+    """Any emission model with a :class:`ktlab.nn.crf.CRF` over its *word* positions.
+
+    ``forward`` returns the encoder's emissions unchanged (so distillation losses and the Trainer
+    see ordinary logits); :meth:`nll` is the CRF loss and :meth:`decode` Viterbi, both on
+    :func:`word_view`. With ``labels`` (the IOB2 tag names) the CRF starts with invalid
+    transitions (``O -> I-PER``) scored ``-1e4``, so Viterbi never outputs them."""
+
+    def __init__(self, encoder: nn.Module, num_tags: int,
+                 labels: Optional[Sequence[str]] = None):
+        super().__init__()
+        from ktlab.nn.crf import CRF, transition_constraints
+        self.encoder = encoder
+        self.crf = CRF(num_tags)
+        if labels is not None:
+            if len(labels) != num_tags:
+                raise ValueError(f"{len(labels)} label names for {num_tags} tags")
+            allowed = transition_constraints(labels)
+            with torch.no_grad():
+                self.crf.transitions.masked_fill_(~allowed, -1e4)
+                for j, name in enumerate(labels):
+                    if name.startswith("I-"):
+                        self.crf.start[j] = -1e4
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                token_type_ids: Optional[torch.Tensor] = None,
+                case_ids: Optional[torch.Tensor] = None, **_: Any) -> torch.Tensor:
+        from ktlab.train import model_inputs
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask,
+                 "token_type_ids": token_type_ids, "case_ids": case_ids}
+        inputs = {k: v for k, v in model_inputs(self.encoder, batch).items() if v is not None}
+        return logits_of(self.encoder(**inputs))
+
+    def nll(self, emissions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """CRF negative log-likelihood per word (summed over sentences / number of words)."""
+        word_logits, word_labels, word_mask = word_view(emissions, labels)
+        nll = self.crf.neg_log_likelihood(word_logits, word_labels, word_mask, reduction="sum")
+        return nll / word_mask.sum().clamp(min=1)
+
+    def decode(self, emissions: torch.Tensor, labels: torch.Tensor) -> list[list[int]]:
+        word_logits, _, word_mask = word_view(emissions, labels)
+        return self.crf.decode(word_logits, word_mask)
+
+
+def build_tagger(name: str, vocab_size: int, num_labels: int = 9, *, crf: bool = False,
+                 labels: Optional[Sequence[str]] = None, pad_token_id: int = 0,
+                 **kwargs: Any) -> nn.Module:
+    """A token-level student: ``"bilstm"`` (:class:`BiLSTMTagger`) or ``"tiny"``
+    (:func:`tiny_transformer_tagger`), optionally wrapped in a :class:`CRFTagger`."""
+    if name not in TAGGER_NAMES:
+        raise ValueError(f"unknown tagger {name!r}; choose from {', '.join(TAGGER_NAMES)}")
+    if name == "bilstm":
+        model: nn.Module = BiLSTMTagger(vocab_size, num_labels, pad_token_id=pad_token_id,
+                                        **kwargs)
+    else:
+        model = tiny_transformer_tagger(vocab_size, num_labels, pad_token_id=pad_token_id,
+                                        **kwargs)
+    return CRFTagger(model, num_labels, labels) if crf else model
