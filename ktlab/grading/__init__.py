@@ -26,7 +26,7 @@ max abs error and where; :meth:`Checker.is_true`, :meth:`Checker.raises`, :meth:
 take your own sentence; an exception from the student's code becomes "your code raised X: ...
 (line N)"; ``NotImplementedError`` ends the task as "not attempted yet". Points are shared among
 the cases by weight. :meth:`Checker.randn` / :meth:`Checker.randint` draw seeded inputs without
-touching the global RNG.
+touching the global RNG; :meth:`Checker.padding_mask` gives a random ``attention_mask``.
 
 In the solution notebook the task cell holds the student's part between ``### BEGIN SOLUTION``
 and ``### END SOLUTION`` lines (optionally with a ``# HINT: ...`` line inside, else the task's

@@ -221,6 +221,16 @@ class Checker:
 
         return torch.randint(low, high, shape, generator=self.generator(seed))
 
+    def padding_mask(self, batch: int, length: int, *, seed: int = 0, full_first: bool = False):
+        """A (batch, length) 0/1 long mask of random lengths in 1..length, like a collator's
+        ``attention_mask``; ``full_first`` makes row 0 unpadded (a padded batch always has one)."""
+        import torch
+
+        lengths = self.randint(1, length + 1, batch, seed=seed)
+        if full_first:
+            lengths[0] = length
+        return (torch.arange(length)[None, :] < lengths[:, None]).long()
+
     # -- assertions (raise CheckFailed with a sentence that helps)
     @staticmethod
     def fail(message: str) -> None:

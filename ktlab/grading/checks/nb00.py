@@ -39,8 +39,7 @@ def check_mean_pool(fn, t: Checker) -> None:
     for seed, (b, n, d) in enumerate([(2, 5, 4), (3, 9, 16), (1, 4, 8)]):
         with t.case(f"hidden {(b, n, d)}, random padding"):
             h = t.randn(b, n, d, seed=10 + seed)
-            lengths = t.randint(1, n + 1, b, seed=20 + seed)
-            mask = (torch.arange(n)[None, :] < lengths[:, None]).long()
+            mask = t.padding_mask(b, n, seed=20 + seed)
             # huge values at padded positions: any leak of padding into the mean shows at once
             h = torch.where(mask[..., None].bool(), h, torch.full_like(h, 1e4))
             t.allclose(fn(h.clone(), mask.clone()), ref.masked_mean_pool(h, mask), atol=1e-4)
