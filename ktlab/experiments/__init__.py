@@ -1,0 +1,7 @@
+"""Experiments shared by the notebooks and ``ktlab run``: one pipeline per headline experiment.
+
+* :mod:`ktlab.experiments.sentiment` - SST-2 teacher -> BiLSTM / CNN / tiny-Transformer students.
+
+Each experiment module exposes ``run(profile=..., teacher=..., out_dir=...) -> dict`` and a
+results JSON schema; :mod:`ktlab.experiments.cli` maps ``ktlab run NAME`` onto it.
+"""

@@ -1,0 +1,141 @@
+"""``ktlab run EXPERIMENT``: one sub-command per experiment, all with the same core options.
+
+To add an experiment, append an :class:`Experiment` to :data:`EXPERIMENTS` with a function that
+adds its own options and a function that runs it; ``ktlab run --help`` lists them.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import sys
+from typing import Callable
+
+from ktlab.config import PROFILES
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _sentiment_args(parser: argparse.ArgumentParser) -> None:
+    from ktlab.experiments.sentiment import STUDENTS
+    parser.add_argument("--students", default=",".join(STUDENTS),
+                        help=f"comma-separated students to train (default: {','.join(STUDENTS)})")
+
+
+def _run_sentiment(args: argparse.Namespace) -> int:
+    from ktlab.experiments import sentiment
+    out = args.out or f"runs/sentiment-{args.profile or 'quick'}"
+    try:
+        sentiment.run(profile=args.profile, teacher=args.teacher, students=args.students,
+                      out_dir=out, seed=args.seed, use_cache=not args.no_cache,
+                      progress=args.progress, threads=args.threads)
+    except sentiment.ConfigError as err:
+        print(f"ktlab run sentiment: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _ner_args(parser: argparse.ArgumentParser) -> None:
+    from ktlab.experiments.ner import ALL_CONDITIONS, STUDENTS
+    parser.add_argument("--students", default=",".join(STUDENTS),
+                        help=f"comma-separated taggers to train (default: {','.join(STUDENTS)})")
+    parser.add_argument("--conditions", default=None,
+                        help="comma-separated conditions for every student, from "
+                             f"{','.join(ALL_CONDITIONS)} (default: hard,kd,kd+crf)")
+
+
+def _run_ner(args: argparse.Namespace) -> int:
+    from ktlab.experiments import ner
+    out = args.out or f"runs/ner-{args.profile or 'quick'}"
+    try:
+        students = ner.parse_students(args.students)
+        conds = ner.parse_conditions(args.conditions)
+        ner.run(profile=args.profile, teacher=args.teacher, students=students, out_dir=out,
+                seed=args.seed, conditions={s: conds for s in students} if conds else None,
+                use_cache=not args.no_cache, progress=args.progress)
+    except ner.ConfigError as err:
+        print(f"ktlab run ner: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _multitask_args(parser: argparse.ArgumentParser) -> None:
+    from ktlab.experiments.multitask import SAMPLERS, TASKS
+    parser.add_argument("--tasks", default=",".join(TASKS),
+                        help=f"comma-separated tasks (default: {','.join(TASKS)})")
+    parser.add_argument("--samplers", default=",".join(SAMPLERS),
+                        help=f"comma-separated task samplers (default: {','.join(SAMPLERS)})")
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated seeds (default: the profile's; 3 in bench)")
+    parser.add_argument("--no-distill", action="store_true",
+                        help="skip multi-task distillation from the single-task teachers")
+
+
+def _run_multitask(args: argparse.Namespace) -> int:
+    from ktlab.experiments import multitask
+    out = args.out or f"runs/multitask-{args.profile or 'quick'}"
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else (
+            [args.seed] if args.seed is not None else None)
+        results = multitask.run(profile=args.profile, teacher=args.teacher,
+                                tasks=[t for t in args.tasks.split(",") if t],
+                                samplers=[s for s in args.samplers.split(",") if s],
+                                out_dir=out, seeds=seeds, distill=not args.no_distill,
+                                progress=args.progress)
+    except (multitask.ConfigError, ValueError) as err:
+        print(f"ktlab run multitask: error: {err}", file=sys.stderr)
+        return 2
+    print(multitask.markdown_table(results))
+    print(f"\nresults: {out}/results.json ({results['seconds']:.0f} s)")
+    return 0
+
+
+EXPERIMENTS = [
+    Experiment("sentiment", "SST-2: fine-tune a teacher, distil it into BiLSTM/CNN/tiny "
+               "Transformer students, measure accuracy, size and speed",
+               _sentiment_args, _run_sentiment),
+    Experiment("ner", "CoNLL-2003 NER: fine-tune a teacher, distil it token by token into "
+               "BiLSTM(-CRF) and tiny-Transformer taggers, measure entity F1, size and speed",
+               _ner_args, _run_ner),
+    Experiment("multitask", "SST-2 + CoNLL NER/POS/chunking: one shared encoder vs single-task "
+               "baselines, three task samplers, multi-task distillation",
+               _multitask_args, _run_multitask),
+]
+
+
+def _common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", choices=PROFILES, default=None,
+                        help="quick (2 CPU cores, minutes; default), full (GPU, all data), "
+                             "bench (CPU, full training sets)")
+    parser.add_argument("--teacher", default=None,
+                        help="teacher: 'minilm' (offline), a Hugging Face name or a local folder "
+                             "(default: minilm for quick/bench, bert-base-uncased for full)")
+    parser.add_argument("--out", default=None, help="output folder (default: runs/NAME-PROFILE)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="retrain the teacher and recompute its logits even if cached")
+    parser.add_argument("--progress", action="store_true", help="show tqdm progress bars")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is faster on a "
+                             "machine shared with other jobs)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.add_parser("run", help="run an experiment end to end",
+                                description="Run an experiment and write results.json, "
+                                            "table.md and plots to --out.")
+    exp_sub = run.add_subparsers(dest="experiment", metavar="EXPERIMENT")
+    for exp in EXPERIMENTS:
+        if importlib.util.find_spec(f"ktlab.experiments.{exp.name}") is None:
+            continue  # an experiment whose module is not installed in this checkout
+        parser = exp_sub.add_parser(exp.name, help=exp.help, description=exp.help)
+        _common_args(parser)
+        exp.add_arguments(parser)
+        parser.set_defaults(func=exp.run)
+    run.set_defaults(func=lambda args: (run.print_help(), 2)[1])

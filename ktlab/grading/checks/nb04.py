@@ -1,0 +1,130 @@
+"""Checks for ``solutions/04_sentiment_transfer.ipynb``: the BiLSTM student's forward pass, one
+distillation step, and n-gram sampling for the transfer set.
+
+References are ktlab's own code (:class:`ktlab.nn.students.BiLSTMClassifier`,
+:func:`ktlab.transfer.distill.logit_mse`), run on seeded random models and batches of several
+shapes, so a hard-coded answer cannot pass.
+"""
+from __future__ import annotations
+
+import copy
+import random
+
+import torch
+import torch.nn.functional as F
+
+from ktlab.grading.registry import Checker, task
+
+
+def _padded_batch(t: Checker, batch: int, length: int, vocab: int, seed: int):
+    ids = t.randint(1, vocab, batch, length, seed=seed)
+    lengths = t.randint(1, length + 1, batch, seed=seed + 100)
+    lengths[0] = length  # at least one full row, as the collator guarantees
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+    return ids * mask, mask
+
+
+def _no_call(*_, **__):
+    raise RuntimeError("call the model's parts (model.embedding, model.lstm, model.mlp), "
+                       "not model(...) itself")
+
+
+@task("04.bilstm_forward", points=3, title="the BiLSTM student's forward pass",
+      hint="Embed, pack with the lengths from attention_mask, run model.lstm, unpack to the "
+           "full length, set padded positions to -inf, max over time, then model.mlp.")
+def check_bilstm_forward(fn, t: Checker) -> None:
+    from ktlab.nn.students import BiLSTMClassifier
+    t.callable(fn, "your bilstm_forward function")
+    shapes = [(2, 5, 30, 8, 6), (4, 9, 50, 16, 10), (3, 1, 20, 4, 3), (5, 12, 40, 12, 7)]
+    for seed, (b, n, vocab, emb, hid) in enumerate(shapes):
+        with t.case(f"batch {b}, length {n}, embed {emb}, hidden {hid}, random padding"):
+            torch.manual_seed(seed)
+            model = BiLSTMClassifier(vocab, num_labels=3, embed_dim=emb, hidden_size=hid,
+                                     mlp_size=5, pooling="max").eval()
+            ids, mask = _padded_batch(t, b, n, vocab, seed)
+            with torch.no_grad():
+                expected = model(ids, mask)
+            model.forward = _no_call  # type: ignore[method-assign]
+            with torch.no_grad():
+                got = fn(model, ids.clone(), mask.clone())
+            t.allclose(got, expected, atol=1e-5,
+                       hint="the backward LSTM must start at each sentence's last real token: "
+                            "pack the sequence (pack_padded_sequence) and keep padding out of "
+                            "the max.")
+
+
+@task("04.distill_step", points=3, title="one distillation training step",
+      hint="zero the gradients, compute the student's logits, loss = alpha * cross-entropy + "
+           "(1 - alpha) * logit MSE with the teacher, backward, optimizer.step(), return the "
+           "loss as a float.")
+def check_distill_step(fn, t: Checker) -> None:
+    from ktlab.nn.students import BiLSTMClassifier
+    from ktlab.transfer.distill import logit_mse
+    t.callable(fn, "your distill_step function")
+    for seed, alpha in enumerate((0.0, 0.5, 1.0)):
+        with t.case(f"alpha={alpha}: returned loss and updated weights"):
+            torch.manual_seed(seed)
+            model = BiLSTMClassifier(30, embed_dim=6, hidden_size=5, mlp_size=4, dropout=0.0)
+            ref = copy.deepcopy(model)
+            ids, mask = _padded_batch(t, 4, 7, 30, seed)
+            batch = {"input_ids": ids, "attention_mask": mask,
+                     "labels": t.randint(0, 2, 4, seed=seed + 7),
+                     "teacher_logits": t.randn(4, 2, seed=seed + 9, scale=3.0)}
+            opt = torch.optim.SGD(model.parameters(), lr=0.5)
+            ref_opt = torch.optim.SGD(ref.parameters(), lr=0.5)
+            # a stale gradient: a correct step zeroes it first
+            for p, q in zip(model.parameters(), ref.parameters()):
+                p.grad, q.grad = torch.ones_like(p), torch.ones_like(q)
+            got = fn(model, opt, {k: v.clone() for k, v in batch.items()}, alpha)
+            ref_opt.zero_grad()
+            logits = ref(batch["input_ids"], batch["attention_mask"])
+            loss = (alpha * F.cross_entropy(logits, batch["labels"])
+                    + (1 - alpha) * logit_mse(logits, batch["teacher_logits"]))
+            loss.backward()
+            ref_opt.step()
+            t.is_true(isinstance(got, float), f"return the loss as a Python float "
+                      f"(loss.item()), got {type(got).__name__}.")
+            t.is_true(abs(got - loss.item()) < 1e-4 * max(1.0, abs(loss.item())),
+                      f"the returned loss {got:.5f} differs from the expected {loss.item():.5f}; "
+                      "check the weighting alpha * CE + (1 - alpha) * MSE.")
+            for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+                t.allclose(p.detach(), q.detach(), atol=1e-5, what=f"updated {name}",
+                           hint="call optimizer.zero_grad() before backward and "
+                                "optimizer.step() after it, exactly once.")
+
+
+@task("04.ngram", points=2, title="n-gram sampling for the transfer set",
+      hint="n = min(rng.randint(n_min, n_max), len(words)); start = rng.randint(0, len(words) "
+           "- n); return words[start:start + n] (and [] for no words).")
+def check_ngram(fn, t: Checker) -> None:
+    t.callable(fn, "your sample_ngram function")
+    words = [f"w{i}" for i in range(9)]
+    with t.case("every result is a contiguous n-gram with n_min <= n <= n_max"):
+        rng = random.Random(0)
+        sizes = set()
+        for _ in range(300):
+            gram = fn(list(words), rng, 2, 4)
+            t.is_true(isinstance(gram, list), f"return a list of words, got {type(gram).__name__}.")
+            t.is_true(2 <= len(gram) <= 4, f"got an n-gram of length {len(gram)}, outside 2..4.")
+            start = words.index(gram[0]) if gram and gram[0] in words else -1
+            t.is_true(start >= 0 and words[start:start + len(gram)] == gram,
+                      f"{gram} is not a contiguous piece of the sentence.")
+            sizes.add(len(gram))
+        t.is_true(sizes == {2, 3, 4}, f"over 300 draws only lengths {sorted(sizes)} appeared; n "
+                  "should be drawn uniformly from n_min..n_max.")
+    with t.case("start positions cover the whole sentence"):
+        rng = random.Random(1)
+        starts = {words.index(fn(list(words), rng, 1, 1)[0]) for _ in range(400)}
+        t.is_true(starts == set(range(9)), f"unigrams only started at {sorted(starts)}; every "
+                  "position should be possible.")
+    with t.case("short sentences and empty input"):
+        rng = random.Random(2)
+        t.is_true(fn(["only", "two"], rng, 3, 5) == ["only", "two"],
+                  "when n exceeds the sentence length, return the whole sentence.")
+        t.is_true(fn([], rng, 1, 5) == [], "an empty sentence gives an empty list.")
+    with t.case("the input list is not modified and the rng makes it reproducible"):
+        original = list(words)
+        a = [fn(words, random.Random(5), 1, 5) for _ in range(3)]
+        t.is_true(words == original, "do not modify the input list.")
+        t.is_true(a[0] == a[1] == a[2], "the same seed must give the same n-gram; draw only "
+                  "from the rng you are given.")
