@@ -1,0 +1,83 @@
+"""Pieces every experiment pipeline needs in the same form: timing a model on the CPU, turning
+a training :class:`ktlab.train.History` into JSON, and writing / reading a results folder
+(``results.json``, ``table.md``, PNG plots) with a schema check.
+
+They live here so that ``ktlab.experiments.ner`` (and later pipelines) share one definition;
+``ktlab.experiments.sentiment`` predates this module and keeps its own copies for now.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+
+def time_calls(fn: Callable[[Any], Any], batches: Sequence[Any], singles: Sequence[Any],
+               sentences: int) -> dict:
+    """Throughput over ``batches`` (``sentences`` in all) and batch-1 latency over ``singles``.
+
+    One warm-up call before each measurement (first calls allocate). Latency is the median and
+    the 90th percentile: on a shared machine the mean says more about the neighbours."""
+    if not batches or not singles:
+        raise ValueError("time_calls needs at least one batch and one single-sentence input")
+    fn(batches[0])
+    start = time.perf_counter()
+    for batch in batches:
+        fn(batch)
+    seconds = time.perf_counter() - start
+    fn(singles[0])
+    times = []
+    for single in singles:
+        start = time.perf_counter()
+        fn(single)
+        times.append(time.perf_counter() - start)
+    return {"throughput_sps": sentences / seconds,
+            "latency_ms": 1000 * float(np.median(times)),
+            "latency_p90_ms": 1000 * float(np.percentile(times, 90))}
+
+
+def history_dict(history: Any, metric: str, scale: float = 1.0) -> dict:
+    """The parts of a ``History`` the plots and tables read, rounded for a readable JSON;
+    the eval metric is stored as ``eval_<metric>`` (times ``scale``, e.g. 100 for percent)."""
+    return {"step": history.step, "loss": [round(x, 5) for x in history.loss],
+            "eval_step": history.eval_step,
+            f"eval_{metric}": [round(scale * m[metric], 5) for m in history.eval_metrics],
+            "best_step": history.best_step, "train_seconds": round(history.train_seconds, 2),
+            "examples_seen": history.examples_seen}
+
+
+def write_results(results: dict, out: Path, table: str,
+                  figures: Mapping[str, Callable[[dict], Any]], plots: bool = True) -> None:
+    """``results.json`` (written atomically: a crash never leaves half a file), ``table.md`` and
+    one PNG per entry of ``figures`` (name -> function of the results returning a figure)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, out / "results.json")
+    (out / "table.md").write_text(table + "\n")
+    if plots:
+        import matplotlib
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+        for name, fn in figures.items():
+            fig = fn(results)
+            fig.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")
+            plt.close(fig)
+
+
+def load_results(path: str | Path, schema: str, experiment: str) -> dict:
+    """Read a ``results.json`` (the file or its folder) and check that it has ``schema``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no results at {path}; run `ktlab run {experiment} --out "
+                                f"{path.parent}` first")
+    results = json.loads(path.read_text())
+    if results.get("schema") != schema:
+        raise ValueError(f"{path} has schema {results.get('schema')!r}, expected {schema!r}")
+    return results

@@ -1,0 +1,679 @@
+"""The NER transfer experiment: CoNLL-2003 teacher -> BiLSTM(-CRF) and tiny-Transformer taggers.
+
+One pipeline for ``ktlab run ner`` and notebook 05. Token-level transfer is the harder case:
+every *word* carries a label, but the models see WordPiece sub-tokens. Throughout, the first
+sub-token of each word carries the word's label (:func:`ktlab.data.encode_tagged`), the others are
+ignored (-100), and :func:`ktlab.nn.students.word_view` packs those first sub-tokens into one row
+per word. Losses, caches, CRFs and evaluation all work on that word view.
+
+1. fine-tune the teacher (``BertForTokenClassification``; MiniLM offline, ``bert-base-cased`` in
+   the full profile) on the CoNLL-2003 training subset;
+2. cache its per-word logits on the students' training set once (the teacher never runs inside
+   a student epoch);
+3. train every student under several *conditions*:
+
+   * ``hard``     - cross-entropy on the gold tags (no teacher);
+   * ``hard+crf`` - the same encoder with a CRF layer, trained on gold tags (a BiLSTM-CRF);
+   * ``kd``       - token-level distillation: KL to the teacher's softened per-word distribution
+     mixed with cross-entropy on the gold tags;
+   * ``kd+crf``   - distillation on the emissions plus the CRF's sentence-level likelihood;
+
+4. evaluate with seqeval in strict IOB2 mode (invalid predictions repaired and counted) on dev and
+   test, overall and per type; split errors into boundary and type errors; measure parameters,
+   CPU throughput, batch-1 latency (forward + decoding, Viterbi for CRFs) and training time;
+   write ``results.json``, ``table.md`` and plots.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ktlab import config as kconfig
+from ktlab.data.conll import ENTITY_TYPES, NER_LABELS
+from ktlab.experiments.sentiment import (ConfigError, _cache_key, count_params,
+                                         describe_machine)
+
+SCHEMA = "ktlab.ner/1"
+STUDENTS = ("bilstm", "tiny")
+ALL_CONDITIONS = ("hard", "hard+crf", "kd", "kd+crf")
+#: What each student trains under by default (``hard+crf`` is opt-in: it costs a run).
+CONDITIONS = {"bilstm": ("hard", "kd", "kd+crf"), "tiny": ("hard", "kd", "kd+crf")}
+#: Teacher per profile when none is named: casing matters for entities, so the full profile
+#: uses a *cased* BERT (the offline MiniLM is uncased; the BiLSTM gets a word-shape feature).
+DEFAULT_TEACHER = {"quick": "minilm", "bench": "minilm", "full": "bert-base-cased"}
+
+
+@dataclasses.dataclass(frozen=True)
+class NerSizes:
+    """How big one run is. ``None`` means the whole split."""
+
+    teacher_train: Optional[int]     #: sentences the teacher is fine-tuned on
+    student_train: Optional[int]     #: labelled sentences the students see (teacher's is a subset)
+    dev: Optional[int]               #: CoNLL valid sentences (3250 in all)
+    test: Optional[int]              #: CoNLL test sentences (3453 in all)
+    max_length: int
+    teacher_epochs: int
+    student_epochs: int
+    batch_size: int = 32
+    teacher_lr: float = 5e-5
+    teacher_evals: int = 4           #: dev evaluations during teacher fine-tuning (the curve)
+    kd_alpha: float = 0.5            #: weight of the teacher term in ``kd`` / ``kd+crf``
+    kd_temperature: float = 2.0
+    speed_sentences: int = 256       #: test sentences timed for throughput
+    latency_sentences: int = 64      #: test sentences timed one by one for latency
+    student_max_steps: Optional[int] = None  #: cap per student run (tests)
+    teacher_max_steps: Optional[int] = None
+
+
+PROFILE_SIZES = {
+    # <= 5 min on 2 CPU cores, including the teacher
+    "quick": NerSizes(teacher_train=1500, student_train=1500, dev=500, test=500, max_length=96,
+                      teacher_epochs=1, student_epochs=4, teacher_lr=1e-4, teacher_evals=3),
+    # a GPU: everything, BERT recipe (Devlin et al. 2019: lr 5e-5, 3-4 epochs)
+    "full": NerSizes(teacher_train=None, student_train=None, dev=None, test=None,
+                     max_length=128, teacher_epochs=3, student_epochs=10, teacher_lr=5e-5,
+                     teacher_evals=6),
+    # CPU, full training set, one teacher epoch (see results/ner-bench/README.md)
+    "bench": NerSizes(teacher_train=None, student_train=None, dev=None, test=None,
+                      max_length=128, teacher_epochs=1, student_epochs=4, teacher_lr=1e-4,
+                      teacher_evals=3),
+    # notebook 05: the quick recipe trimmed to fit 180 s with the data tour around it
+    "notebook": NerSizes(teacher_train=1000, student_train=1500, dev=400, test=400,
+                         max_length=96, teacher_epochs=1, student_epochs=4, teacher_lr=1e-4,
+                         teacher_evals=1, speed_sentences=128, latency_sentences=32),
+    # unit tests: a few dozen sentences, one or two optimiser steps
+    "tiny": NerSizes(teacher_train=24, student_train=32, dev=24, test=24, max_length=48,
+                     teacher_epochs=1, student_epochs=1, batch_size=16, teacher_evals=1,
+                     speed_sentences=16, latency_sentences=4, student_max_steps=2,
+                     teacher_max_steps=2),
+}
+
+STUDENT_KWARGS = {
+    "bilstm": dict(embed_dim=300, hidden_size=256, case_dim=16, dropout=0.3),
+    "tiny": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
+}
+STUDENT_LR = {"bilstm": 3e-3, "tiny": 5e-4}
+
+
+def parse_students(spec: str | Sequence[str]) -> list[str]:
+    """``"bilstm,tiny"`` -> ``["bilstm", "tiny"]``, rejecting unknown names with the valid ones."""
+    names = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    names = [n for n in names if n]
+    bad = [n for n in names if n not in STUDENTS]
+    if bad or not names:
+        raise ConfigError(f"unknown student(s) {', '.join(map(repr, bad)) or '(none given)'}; "
+                          f"--students takes a comma-separated list of {', '.join(STUDENTS)} "
+                          "(e.g. --students bilstm)")
+    return list(dict.fromkeys(names))
+
+
+def parse_conditions(spec: str | Sequence[str] | None) -> Optional[tuple[str, ...]]:
+    """``"hard,kd+crf"`` -> ``("hard", "kd+crf")`` (``None``/empty: the defaults)."""
+    if spec is None:
+        return None
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    names = [n for n in names if n]
+    bad = [n for n in names if n not in ALL_CONDITIONS]
+    if bad:
+        raise ConfigError(f"unknown condition(s) {', '.join(map(repr, bad))}; choose from "
+                          f"{', '.join(ALL_CONDITIONS)} (e.g. --conditions hard,kd+crf)")
+    return tuple(dict.fromkeys(names)) or None
+
+
+# ----------------------------------------------------------------------------- data
+
+def load_data(sizes: NerSizes, seed: int, data_dir: Optional[Path] = None) -> dict:
+    """Seeded subsets of CoNLL-2003; the teacher's set is a subset of the students' set."""
+    from ktlab.data import load_conll, subset
+    train = subset(load_conll("train", data_dir), sizes.student_train, seed)
+    teacher = subset(train, sizes.teacher_train, seed + 1)
+    dev = subset(load_conll("valid", data_dir), sizes.dev, seed)
+    test = subset(load_conll("test", data_dir), sizes.test, seed)
+    return {"train": train, "teacher_train": teacher, "dev": dev, "test": test}
+
+
+def encode(tokenizer: Any, tokens: Sequence[Sequence[str]], tags: Sequence[Sequence[str]],
+           max_length: int, report: Any = None) -> list[dict]:
+    """Model items: aligned sub-token labels (first sub-token of each word), word-shape ids for
+    the BiLSTM, the word count (words cut by truncation are predicted ``O`` at evaluation)."""
+    from ktlab.data.collate import encode_tagged
+    from ktlab.nn.students import case_ids_for
+    index = {label: i for i, label in enumerate(NER_LABELS)}
+    bad = sorted({t for sent in tags for t in sent} - set(index))
+    if bad:
+        raise ValueError(f"unknown NER tag(s) {bad}; expected IOB2 tags from {NER_LABELS} "
+                         "(load the data with ktlab.data.load_conll)")
+    items = encode_tagged(tokenizer, tokens, [[index[t] for t in s] for s in tags],
+                          max_length=max_length, report=report)
+    for item, words in zip(items, tokens):
+        item["case_ids"] = case_ids_for(words, item["word_ids"])
+        item["num_words"] = len(words)
+    return items
+
+
+@dataclasses.dataclass
+class NerCollator:
+    """:class:`ktlab.data.PadCollator` plus the NER extras: ``case_ids`` padded with 0 and the
+    cached per-word ``teacher_logits`` (``[W_i, C]``) padded with zeros to ``[B, W, C]``."""
+
+    pad_token_id: int = 0
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        from ktlab.data.collate import PadCollator
+        skip = ("case_ids", "teacher_logits", "word_ids")
+        batch = PadCollator(self.pad_token_id)([{k: v for k, v in it.items() if k not in skip}
+                                                for it in items])
+        length = batch["input_ids"].shape[1]
+        if "case_ids" in items[0]:
+            batch["case_ids"] = torch.tensor([list(it["case_ids"]) + [0] * (
+                length - len(it["case_ids"])) for it in items], dtype=torch.long)
+        if "teacher_logits" in items[0]:
+            width = max(len(it["teacher_logits"]) for it in items)
+            batch["teacher_logits"] = torch.stack([F.pad(torch.as_tensor(it["teacher_logits"]),
+                                                         (0, 0, 0, width - len(it["teacher_logits"])))
+                                                   for it in items]).float()
+        return batch
+
+
+# ----------------------------------------------------------------------------- losses
+
+def _emissions(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    from ktlab.train import logits_of, model_inputs
+    inputs = {k: v for k, v in model_inputs(model, batch).items() if k != "labels"}
+    return logits_of(model(**inputs))
+
+
+def _crf_of(model: torch.nn.Module) -> Any:
+    model = getattr(model, "module", model)
+    return model if hasattr(model, "crf") else None
+
+
+def make_loss(condition: str, alpha: float = 0.5, temperature: float = 2.0) -> Callable:
+    """``loss_fn(model, batch)`` for one condition (see the module docstring).
+
+    Every term lives on the word view: cross-entropy on gold tags, ``T**2``-scaled KL to the
+    cached teacher distribution (:func:`ktlab.transfer.distill.kd_loss`), and the CRF's
+    per-word negative log-likelihood. ``alpha`` weighs the teacher term."""
+    from ktlab.nn.students import word_view
+    from ktlab.transfer.distill import kd_loss
+    if condition not in ALL_CONDITIONS:
+        raise ConfigError(f"unknown condition {condition!r}; choose from {ALL_CONDITIONS}")
+
+    def loss_fn(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        emissions = _emissions(model, batch)
+        labels = batch["labels"]
+        crf = _crf_of(model)
+        if condition.endswith("crf"):
+            if crf is None:
+                raise ConfigError(f"condition {condition!r} needs a model with a CRF "
+                                  "(build_tagger(..., crf=True))")
+            gold = crf.nll(emissions, labels)
+        else:
+            gold = F.cross_entropy(emissions.reshape(-1, emissions.shape[-1]).float(),
+                                   labels.reshape(-1), ignore_index=-100)
+        if not condition.startswith("kd"):
+            return gold
+        word_logits, _, word_mask = word_view(emissions, labels)
+        teacher = batch["teacher_logits"][:, :word_logits.shape[1]].to(word_logits.dtype)
+        soft = kd_loss(word_logits, teacher, temperature, mask=word_mask)
+        return alpha * soft + (1 - alpha) * gold
+
+    return loss_fn
+
+
+# ----------------------------------------------------------------------------- predicting
+
+def _word_f1_metric(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Entity F1 from argmax over first sub-tokens (the Trainer's dev metric; final numbers
+    use :func:`predict_tags`, which maps back to every word and decodes CRFs with Viterbi)."""
+    from ktlab.nn.students import word_view
+    from ktlab.tagging import ner_scores
+    word_logits, word_labels, word_mask = word_view(logits, labels)
+    pred = word_logits.argmax(-1)
+    gold_tags, pred_tags = [], []
+    for b in range(len(word_mask)):
+        n = int(word_mask[b].sum())
+        gold_tags.append([NER_LABELS[i] for i in word_labels[b, :n].tolist()])
+        pred_tags.append([NER_LABELS[i] for i in pred[b, :n].tolist()])
+    acc = float((pred[word_mask] == word_labels[word_mask]).float().mean())
+    return {"f1": float(ner_scores(gold_tags, pred_tags)["f1"]) / 100, "token_accuracy": acc}
+
+
+@torch.no_grad()
+def tag_batch(model: torch.nn.Module, batch: dict) -> list[list[int]]:
+    """Tag ids of the words kept in each sentence: argmax, or Viterbi when the model has a CRF."""
+    from ktlab.nn.students import word_view
+    emissions = _emissions(model, batch)
+    crf = _crf_of(model)
+    if crf is not None:
+        return crf.decode(emissions, batch["labels"])
+    word_logits, _, word_mask = word_view(emissions, batch["labels"])
+    pred = word_logits.argmax(-1)
+    return [pred[b, :int(word_mask[b].sum())].tolist() for b in range(len(pred))]
+
+
+@torch.no_grad()
+def predict_tags(model: torch.nn.Module, items: Sequence[dict], pad_token_id: int = 0,
+                 batch_size: int = 64) -> list[list[str]]:
+    """One IOB2 tag per *word* of every item (words lost to truncation get ``O``)."""
+    model = model.to("cpu").eval()
+    collate = NerCollator(pad_token_id)
+    out: list[list[str]] = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        batch = collate([{k: v for k, v in it.items() if k != "teacher_logits"} for it in chunk])
+        for it, ids in zip(chunk, tag_batch(model, batch)):
+            words = [NER_LABELS[i] for i in ids]
+            out.append(words + ["O"] * (it["num_words"] - len(words)))
+    return out
+
+
+@torch.no_grad()
+def teacher_word_logits(model: torch.nn.Module, items: Sequence[dict], pad_token_id: int = 0,
+                        batch_size: int = 64) -> list[torch.Tensor]:
+    """The teacher's logits at each item's first sub-tokens: one ``[W_i, C]`` tensor per item.
+
+    This is the whole cache the students need (a few MB for all of CoNLL), computed once."""
+    model = model.to("cpu").eval()
+    collate = NerCollator(pad_token_id)
+    out: list[torch.Tensor] = []
+    for start in range(0, len(items), batch_size):
+        batch = collate(list(items[start:start + batch_size]))
+        emissions = _emissions(model, batch).float()
+        keep = batch["labels"] != -100
+        out.extend(emissions[b][keep[b]].clone() for b in range(len(emissions)))
+    return out
+
+
+@torch.no_grad()
+def measure_speed(model: torch.nn.Module, items: Sequence[dict], pad_token_id: int = 0,
+                  batch_size: int = 32, latency_items: int = 64) -> dict:
+    """CPU sentences/s at ``batch_size`` and batch-1 latency (median ms) of *tagging*: the
+    forward pass plus decoding (argmax or Viterbi), with dynamic padding as in serving."""
+    from ktlab.experiments.common import time_calls
+    collate = NerCollator(pad_token_id)
+    model = model.to("cpu").eval()
+    strip = [{k: v for k, v in it.items() if k != "teacher_logits"} for it in items]
+    batches = [collate(strip[i:i + batch_size]) for i in range(0, len(strip), batch_size)]
+    singles = [collate([it]) for it in strip[:latency_items]]
+    return time_calls(lambda b: tag_batch(model, b), batches, singles, len(strip))
+
+
+# ----------------------------------------------------------------------------- training
+
+def _train(model: torch.nn.Module, train_items: list, dev_items: list, *, lr: float, epochs: int,
+           batch_size: int, seed: int, loss_fn: Optional[Callable], pad_token_id: int,
+           weight_decay: float, warmup_ratio: float, max_steps: Optional[int],
+           eval_every: Optional[int] = None, progress: bool = False) -> tuple[Any, Any]:
+    from ktlab.train import TrainConfig, Trainer
+    cfg = TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay,
+                      warmup_ratio=warmup_ratio, seed=seed, max_steps=max_steps,
+                      eval_every=eval_every, progress=progress, eval_batch_size=64,
+                      metric_name="f1")
+    trainer = Trainer(model, cfg, train_dataset=train_items, eval_dataset=dev_items,
+                      collate_fn=NerCollator(pad_token_id), loss_fn=loss_fn,
+                      metric_fn=_word_f1_metric)
+    return trainer, trainer.fit()
+
+
+def _history_dict(history: Any) -> dict:
+    from ktlab.experiments.common import history_dict
+    return history_dict(history, "f1", scale=100)
+
+
+def _scores(gold: list, pred: list) -> dict:
+    from ktlab.tagging import error_breakdown, ner_scores
+    s = ner_scores(gold, pred)
+    return {"f1": round(float(s["f1"]), 3), "precision": round(float(s["precision"]), 3),
+            "recall": round(float(s["recall"]), 3), "repaired_tags": int(s["repaired_tags"]),
+            "per_type": {k: {m: round(float(v), 3) if isinstance(v, float) else int(v)
+                             for m, v in row.items()} for k, row in s["per_type"].items()},
+            "errors": dict(error_breakdown(gold, pred))}
+
+
+def evaluate_model(model: torch.nn.Module, name: str, student: str, condition: str,
+                   data: dict, pad_token_id: int, sizes: NerSizes) -> dict:
+    """F1 on dev and test (with the error split), parameters, speed: one results record."""
+    dev_pred = predict_tags(model, data["dev_items"], pad_token_id)
+    test_pred = predict_tags(model, data["test_items"], pad_token_id)
+    dev, test = _scores(data["dev_gold"], dev_pred), _scores(data["test_gold"], test_pred)
+    total, trainable = count_params(model)
+    speed = measure_speed(model, data["test_items"][: sizes.speed_sentences], pad_token_id,
+                          sizes.batch_size, sizes.latency_sentences)
+    return {"name": name, "student": student, "condition": condition,
+            "dev_f1": dev["f1"], "test_f1": test["f1"], "dev": dev, "test": test,
+            "params": total, "trainable_params": trainable,
+            **{k: round(v, 3) for k, v in speed.items()},
+            "test_predictions": [[NER_LABELS.index(t) for t in s] for s in test_pred]}
+
+
+def run(profile: Optional[str] = None, teacher: Optional[str] = None,
+        students: str | Sequence[str] = STUDENTS, out_dir: str | Path = "runs/ner",
+        seed: Optional[int] = None, sizes: Optional[NerSizes] = None,
+        conditions: Optional[dict[str, Sequence[str]]] = None, use_cache: bool = True,
+        plots: bool = True, progress: bool = False,
+        log: Callable[[str], None] = print) -> dict:
+    """Run the whole experiment; returns the results dict (also written to ``out_dir``).
+
+    ``sizes`` overrides the profile's :class:`NerSizes` (``PROFILE_SIZES["tiny"]`` in tests,
+    ``["notebook"]`` in notebook 05); ``conditions`` maps a student to the conditions it trains
+    under (default :data:`CONDITIONS`; any of :data:`ALL_CONDITIONS`)."""
+    from ktlab.models import load_teacher, load_tokenizer
+    from ktlab.nn.students import build_tagger
+
+    names = parse_students(students)
+    profile = profile or os.environ.get("KTLAB_PROFILE", "quick")
+    if profile not in kconfig.PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {kconfig.PROFILES}")
+    teacher = teacher or os.environ.get("KTLAB_TEACHER") or DEFAULT_TEACHER[profile]
+    cfg = kconfig.load(profile, teacher=teacher, seed=seed, verbose=False)
+    sizes = sizes or PROFILE_SIZES[cfg.profile]
+    conditions = {**CONDITIONS, **{k: tuple(v) for k, v in (conditions or {}).items()}}
+    for student, conds in conditions.items():
+        unknown = sorted(set(conds) - set(ALL_CONDITIONS))
+        if unknown:
+            raise ConfigError(f"unknown condition(s) {unknown} for {student!r}; choose from "
+                              f"{ALL_CONDITIONS}")
+    out = Path(out_dir)
+    (out / "cache").mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+    started, cpu_started = time.time(), time.process_time()
+    timings: dict[str, float] = {}
+    log(f"[ner] {cfg.summary()} students={','.join(names)} out={out}")
+
+    # --- data --------------------------------------------------------------------------------
+    from ktlab.data.collate import TruncationReport
+    t0 = time.perf_counter()
+    data = load_data(sizes, cfg.seed, cfg.data_dir)
+    tokenizer = load_tokenizer(cfg.teacher)
+    pad_id = tokenizer.pad_token_id or 0
+    trunc = TruncationReport()
+
+    def items_of(ds: Any) -> list[dict]:
+        return encode(tokenizer, ds["tokens"], ds["ner_tags"], sizes.max_length, trunc)
+
+    train_items, teacher_items = items_of(data["train"]), items_of(data["teacher_train"])
+    ev = {"dev_items": items_of(data["dev"]), "test_items": items_of(data["test"]),
+          "dev_gold": [list(t) for t in data["dev"]["ner_tags"]],
+          "test_gold": [list(t) for t in data["test"]["ner_tags"]]}
+    timings["data"] = time.perf_counter() - t0
+    log(f"[ner] data: teacher {len(teacher_items)}, students {len(train_items)}, dev "
+        f"{len(ev['dev_items'])}, test {len(ev['test_items'])} sentences; {trunc}")
+
+    # --- teacher: fine-tune (or load from cache) ---------------------------------------------
+    key = _cache_key(teacher=cfg.teacher, seed=cfg.seed, sizes=dataclasses.asdict(sizes),
+                     schema=SCHEMA)
+    teacher_file = out / "cache" / f"teacher-{key}.pt"
+    teacher_model = load_teacher(cfg.teacher, num_labels=len(NER_LABELS), task="token",
+                                 seed=cfg.seed, id2label=dict(enumerate(NER_LABELS)),
+                                 label2id={t: i for i, t in enumerate(NER_LABELS)})
+    t0 = time.perf_counter()
+    if use_cache and teacher_file.is_file():
+        blob = torch.load(teacher_file, map_location="cpu", weights_only=False)
+        teacher_model.load_state_dict(blob["state"])
+        teacher_history, teacher_seconds = blob["history"], blob["train_seconds"]
+        log(f"[ner] teacher loaded from cache {teacher_file.name}")
+    else:
+        steps = max(1, len(teacher_items) // sizes.batch_size) * sizes.teacher_epochs
+        if sizes.teacher_max_steps:
+            steps = min(steps, sizes.teacher_max_steps)
+        _, history = _train(teacher_model, teacher_items, ev["dev_items"], lr=sizes.teacher_lr,
+                            epochs=sizes.teacher_epochs, batch_size=sizes.batch_size,
+                            seed=cfg.seed, loss_fn=None, pad_token_id=pad_id, weight_decay=0.01,
+                            warmup_ratio=0.1, max_steps=sizes.teacher_max_steps,
+                            eval_every=max(1, steps // max(1, sizes.teacher_evals)),
+                            progress=progress)
+        teacher_history, teacher_seconds = _history_dict(history), history.train_seconds
+        torch.save({"state": teacher_model.state_dict(), "history": teacher_history,
+                    "train_seconds": teacher_seconds}, teacher_file)
+    timings["teacher_finetune"] = time.perf_counter() - t0
+
+    # --- the per-word teacher distributions, cached once -------------------------------------
+    t0 = time.perf_counter()
+    logits_file = out / "cache" / f"word-logits-{key}.pt"
+    if use_cache and logits_file.is_file():
+        cached = torch.load(logits_file, map_location="cpu", weights_only=False)
+    else:
+        cached = teacher_word_logits(teacher_model, train_items, pad_id)
+        torch.save(cached, logits_file)
+    for item, logits in zip(train_items, cached):
+        item["teacher_logits"] = logits
+    timings["teacher_logits"] = time.perf_counter() - t0
+
+    teacher_rec = evaluate_model(teacher_model, f"teacher ({cfg.teacher})", "teacher",
+                                 "fine-tuned", ev, pad_id, sizes)
+    teacher_rec.update(train_seconds=round(teacher_seconds, 2), history=teacher_history,
+                       train_examples=len(teacher_items) * sizes.teacher_epochs)
+    log(f"[ner] teacher F1 dev {teacher_rec['dev_f1']:.1f} test {teacher_rec['test_f1']:.1f}; "
+        f"word logits cached ({timings['teacher_logits']:.0f} s); "
+        f"{teacher_rec['throughput_sps']:.0f} sentences/s")
+
+    # --- students ------------------------------------------------------------------------------
+    records = []
+    for student in names:
+        for condition in conditions[student]:
+            t0 = time.perf_counter()
+            kconfig.seed_everything(cfg.seed)
+            model = build_tagger(student, len(tokenizer), len(NER_LABELS),
+                                 crf=condition.endswith("crf"), labels=NER_LABELS,
+                                 pad_token_id=pad_id, **STUDENT_KWARGS[student])
+            trainer, history = _train(
+                model, train_items, ev["dev_items"], lr=STUDENT_LR[student],
+                epochs=sizes.student_epochs, batch_size=sizes.batch_size, seed=cfg.seed,
+                loss_fn=make_loss(condition, sizes.kd_alpha, sizes.kd_temperature),
+                pad_token_id=pad_id, weight_decay=0.01 if student == "tiny" else 0.0,
+                warmup_ratio=0.05, max_steps=sizes.student_max_steps, progress=progress)
+            rec = evaluate_model(model, f"{student}/{condition}", student, condition, ev,
+                                 pad_id, sizes)
+            rec.update(train_seconds=round(history.train_seconds, 2),
+                       train_examples=len(train_items) * sizes.student_epochs,
+                       history=_history_dict(history))
+            records.append(rec)
+            timings[rec["name"]] = time.perf_counter() - t0
+            log(f"[ner] {rec['name']:<16} F1 dev {rec['dev_f1']:5.1f} test {rec['test_f1']:5.1f}"
+                f"  {rec['throughput_sps']:.0f} sent/s  {rec['latency_ms']:.1f} ms  "
+                f"train {rec['train_seconds']:.0f} s")
+
+    results = {
+        "schema": SCHEMA, "profile": cfg.profile, "teacher_name": cfg.teacher, "seed": cfg.seed,
+        "sizes": dataclasses.asdict(sizes), "students_requested": names,
+        "labels": NER_LABELS, "machine": describe_machine(),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "wall_seconds": round(time.time() - started, 1),
+        "cpu_seconds": round(time.process_time() - cpu_started, 1),
+        "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
+        "data": {"teacher_train": len(teacher_items), "student_train": len(train_items),
+                 "dev": len(ev["dev_items"]), "test": len(ev["test_items"]),
+                 "truncated": trunc.truncated, "encoded": trunc.total},
+        "teacher": teacher_rec, "students": records,
+        "test": {"ids": [str(i) for i in data["test"]["id"]],
+                 "tokens": [list(t) for t in data["test"]["tokens"]],
+                 "gold": [[NER_LABELS.index(t) for t in s] for s in ev["test_gold"]]},
+    }
+    results["summary"] = summarise(results)
+    write_results(results, out, plots=plots)
+    log(markdown_table(results))
+    log(f"[ner] wrote {out / 'results.json'} in {results['wall_seconds']:.0f} s")
+    return results
+
+
+# ----------------------------------------------------------------------------- reporting
+
+def summarise(results: dict) -> dict:
+    """Headline comparisons: best student per architecture, gain over its ``hard`` baseline,
+    share of the teacher's F1, speed-up and size ratio (all computed from the records)."""
+    teacher = results["teacher"]
+    summary: dict[str, Any] = {"teacher_test_f1": teacher["test_f1"],
+                               "teacher_dev_f1": teacher["dev_f1"]}
+    for student in results["students_requested"]:
+        recs = [r for r in results["students"] if r["student"] == student]
+        if not recs:
+            continue
+        best = max(recs, key=lambda r: r["dev_f1"])  # chosen on dev, reported on test
+        hard = next((r for r in recs if r["condition"] == "hard"), None)
+        summary[student] = {
+            "best": best["name"], "best_test_f1": best["test_f1"], "best_dev_f1": best["dev_f1"],
+            "share_of_teacher": round(best["test_f1"] / max(teacher["test_f1"], 1e-9), 4),
+            "gain_over_hard_points": (round(best["test_f1"] - hard["test_f1"], 2)
+                                      if hard else None),
+            "speedup_vs_teacher": round(best["throughput_sps"] / teacher["throughput_sps"], 2),
+            "params_ratio": round(teacher["params"] / best["params"], 2)}
+    return summary
+
+
+def markdown_table(results: dict) -> str:
+    """One row per model: entity F1 (dev, test), share of teacher, size, speed, training time."""
+    teacher = results["teacher"]
+    head = ("| model | F1 dev | F1 test | % of teacher | repaired tags | params (M) | "
+            "sent/s @32 | x teacher | latency b=1 (ms) | train (s) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for r in [teacher] + results["students"]:
+        rows.append(f"| {r['name']} | {r['dev_f1']:.1f} | {r['test_f1']:.1f} | "
+                    f"{100 * r['test_f1'] / max(teacher['test_f1'], 1e-9):.1f} | "
+                    f"{r['test']['repaired_tags']} | {r['params'] / 1e6:.2f} | "
+                    f"{r['throughput_sps']:.0f} | "
+                    f"{r['throughput_sps'] / teacher['throughput_sps']:.1f} | "
+                    f"{r['latency_ms']:.1f} | {r['train_seconds']:.0f} |")
+    return head + "\n" + "\n".join(rows)
+
+
+def write_results(results: dict, out: Path, plots: bool = True) -> None:
+    """``results.json``, ``table.md`` and the four plots into ``out``."""
+    from ktlab.experiments import common
+    common.write_results(results, out, markdown_table(results),
+                         {"per_type_f1": plot_per_type, "errors": plot_errors,
+                          "tradeoff": plot_tradeoff, "teacher_curve": plot_teacher_curve},
+                         plots=plots)
+
+
+def load_results(path: str | Path) -> dict:
+    """Read a ``results.json`` (a file or the folder holding it) and check its schema."""
+    from ktlab.experiments.common import load_results as load
+    return load(path, SCHEMA, "ner")
+
+
+def _records(results: dict) -> list[dict]:
+    return [results["teacher"]] + results["students"]
+
+
+def _short(results: dict, rec: dict) -> str:
+    return "teacher" if rec["student"] == "teacher" else rec["name"]
+
+
+def plot_per_type(results: dict) -> Any:
+    """Test F1 per entity type (PER, LOC, ORG, MISC) for every model: grouped bars."""
+    import matplotlib.pyplot as plt
+    recs = _records(results)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(ENTITY_TYPES) + 0.4 * len(recs)), 3.8))
+    width = 0.8 / len(recs)
+    for k, r in enumerate(recs):
+        vals = [r["test"]["per_type"].get(t, {}).get("f1", 0.0) for t in ENTITY_TYPES]
+        ax.bar([i + (k - (len(recs) - 1) / 2) * width for i in range(len(ENTITY_TYPES))], vals,
+               width, label=_short(results, r))
+    ax.set_xticks(range(len(ENTITY_TYPES)), ENTITY_TYPES)
+    ax.set_xlabel("entity type")
+    ax.set_ylabel("test F1 (%, strict IOB2)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"CoNLL-2003 F1 per entity type ({results['profile']} profile)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def plot_errors(results: dict) -> Any:
+    """Wrong entities on test split into boundary, type, type+boundary, spurious and missed."""
+    import matplotlib.pyplot as plt
+    kinds = ("boundary", "type", "type+boundary", "spurious", "missed")
+    recs = _records(results)
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(recs) + 1.5))
+    left = np.zeros(len(recs))
+    for kind in kinds:
+        vals = np.array([r["test"]["errors"].get(kind, 0) for r in recs], dtype=float)
+        ax.barh(range(len(recs)), vals, left=left, label=kind)
+        left += vals
+    ax.set_yticks(range(len(recs)), [_short(results, r) for r in recs])
+    ax.invert_yaxis()
+    ax.set_xlabel("wrong entities on the test subset (count)")
+    ax.set_title("Where the errors are: boundaries vs types")
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def plot_tradeoff(results: dict) -> Any:
+    """Test F1 against parameters and against batch-1 latency (log axes)."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    markers = {"teacher": "*", "bilstm": "o", "tiny": "^"}
+    for ax, key, label in ((axes[0], "params", "parameters (millions, log)"),
+                           (axes[1], "latency_ms", "batch-1 CPU latency incl. decoding (ms, log)")):
+        for r in _records(results):
+            x = r[key] / 1e6 if key == "params" else r[key]
+            ax.scatter(x, r["test_f1"], marker=markers.get(r["student"], "o"),
+                       s=120 if r["student"] == "teacher" else 50)
+            ax.annotate(_short(results, r), (x, r["test_f1"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test entity F1 (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"NER: F1 vs size and latency ({results['profile']} profile)")
+    return fig
+
+
+def plot_teacher_curve(results: dict) -> Any:
+    """The teacher's fine-tuning: training loss per step and dev entity F1 at each evaluation."""
+    import matplotlib.pyplot as plt
+    h = results["teacher"]["history"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(h["step"], h["loss"], color="tab:blue", alpha=0.7, label="train loss")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("cross-entropy loss")
+    ax2 = ax.twinx()
+    ax2.plot(h["eval_step"], h["eval_f1"], "o-", color="tab:red", label="dev F1 (first sub-token)")
+    ax2.set_ylabel("dev entity F1 (%)")
+    ax.set_title(f"Teacher fine-tuning on CoNLL-2003 ({results['teacher_name']}, "
+                 f"{results['profile']})")
+    fig.legend(loc="center right", fontsize=8)
+    return fig
+
+
+def highlight_html(tokens: Sequence[str], gold: Sequence[str], pred: Sequence[str]) -> str:
+    """One sentence as HTML: gold entities underlined, predicted ones coloured by type; a
+    prediction that matches a gold span exactly is green-bordered, a wrong one red-bordered."""
+    from ktlab.tagging import decode_entities, repair_iob2
+    colours = {"PER": "#ffd6a5", "LOC": "#caffbf", "ORG": "#9bf6ff", "MISC": "#e0c3fc"}
+    gold_spans = set(decode_entities(gold))
+    pred_spans = set(decode_entities(repair_iob2(pred)[0]))
+    pred_at = {s: (k, s, e) for k, s, e in pred_spans}
+    gold_at = {i: k for k, s, e in gold_spans for i in range(s, e)}
+    parts, i = [], 0
+    while i < len(tokens):
+        if i in pred_at:
+            kind, s, e = pred_at[i]
+            ok = (kind, s, e) in gold_spans
+            words = " ".join(_gold_word(tokens, j, gold_at) for j in range(s, e))
+            parts.append(f'<span style="background:{colours.get(kind, "#eee")};padding:1px 3px;'
+                         f'border:2px solid {"#2a9d2a" if ok else "#d62828"};border-radius:3px">'
+                         f'{words}<sub style="font-size:70%">{kind}</sub></span>')
+            i = e
+        else:
+            parts.append(_gold_word(tokens, i, gold_at))
+            i += 1
+    return '<div style="line-height:2.1;font-family:sans-serif">' + " ".join(parts) + "</div>"
+
+
+def _gold_word(tokens: Sequence[str], i: int, gold_at: dict) -> str:
+    import html
+    word = html.escape(tokens[i])
+    if i in gold_at:
+        return (f'<u style="text-decoration-thickness:2px" title="gold {gold_at[i]}">{word}'
+                f'</u>')
+    return word
