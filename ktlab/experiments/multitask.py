@@ -1,0 +1,400 @@
+"""Multi-task transfer: one shared encoder for SST-2 sentiment and CoNLL-2003 NER, POS and chunking.
+
+One pipeline for ``ktlab run multitask`` and notebook 06:
+
+1. **single-task baselines** - one encoder per task, each trained for ``steps_per_task`` steps;
+2. **multi-task models** - one shared encoder trained for ``steps_per_task x n_tasks`` steps
+   (the same compute budget as all baselines together) with each task sampler
+   (:mod:`ktlab.transfer.multitask`);
+3. **negative-transfer report** - per task, multi-task score minus single-task score, over seeds
+   (mean and spread);
+4. **multi-task distillation** (MT-DNN-KD, Liu et al. 2019) - the single-task models are the
+   teachers; their logits are cached once, and a fresh multi-task student learns from
+   ``alpha * KD + (1 - alpha) * CE``; compared with the same student trained without teachers.
+
+The encoder is the teacher's BERT, cut to ``encoder_layers`` layers copied from it with
+:func:`ktlab.transfer.layers.init_student_from_teacher` (2 of MiniLM's 6 in quick, so the whole
+run fits in minutes on 2 CPU cores; all layers of a hub BERT in full).
+Scores are in points: accuracy for SST-2 and POS, entity F1 (strict IOB2) for NER and chunking.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ktlab import config as kconfig
+
+SCHEMA = "ktlab.multitask/1"
+TASKS = ("sst2", "ner", "pos", "chunk")
+SAMPLERS = ("proportional", "temperature", "round_robin")
+
+
+class ConfigError(ValueError):
+    """A bad option for the multi-task experiment (unknown task or sampler, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MultitaskSizes:
+    """How big one run is. ``None`` means the whole split."""
+
+    sst2_train: Optional[int]
+    conll_train: Optional[int]      #: CoNLL sentences (shared by NER, POS and chunking)
+    eval_per_task: Optional[int]
+    encoder_layers: Optional[int]   #: teacher layers kept in the shared encoder (None = all)
+    steps_per_task: int             #: single-task budget; multi-task gets this x n_tasks
+    seeds: tuple[int, ...]
+    batch_size: int = 16
+    max_length: int = 64
+    lr: float = 1e-4
+    temperature: float = 2.0        #: sampler temperature
+    kd_alpha: float = 0.5           #: weight of the distillation term
+    kd_temperature: float = 2.0
+
+
+PROFILE_SIZES = {
+    "quick": MultitaskSizes(sst2_train=2000, conll_train=1500, eval_per_task=300,
+                            encoder_layers=2, steps_per_task=50, seeds=(0,)),
+    "full": MultitaskSizes(sst2_train=None, conll_train=None, eval_per_task=None,
+                           encoder_layers=None, steps_per_task=3000, seeds=(0, 1, 2),
+                           batch_size=32, max_length=128, lr=3e-5),
+    # CPU: SST-2 subsampled to 20,000 sentences, CoNLL train complete; 3 seeds (see README)
+    "bench": MultitaskSizes(sst2_train=20000, conll_train=None, eval_per_task=1000,
+                            encoder_layers=2, steps_per_task=400, seeds=(0, 1, 2)),
+}
+
+
+# ----------------------------------------------------------------------------- data
+
+def task_specs() -> list:
+    from ktlab.data import CHUNK_LABELS, NER_LABELS, POS_LABELS
+    from ktlab.transfer.multitask import TaskSpec
+    return [TaskSpec("sst2", "sequence", 2), TaskSpec("ner", "token", len(NER_LABELS)),
+            TaskSpec("pos", "token", len(POS_LABELS)), TaskSpec("chunk", "token", len(CHUNK_LABELS))]
+
+
+def load_task_data(tokenizer: Any, sizes: MultitaskSizes, seed: int,
+                   tasks: Sequence[str] = TASKS) -> dict[str, dict[str, list]]:
+    """``{task: {"train": items, "eval": items}}`` of encoded examples (real SST-2 and CoNLL)."""
+    from ktlab.data import (LABEL_LISTS, encode_sentences, encode_tagged, load_conll, load_sst2,
+                            subset)
+
+    data: dict[str, dict[str, list]] = {}
+    if "sst2" in tasks:
+        splits = {"train": subset(load_sst2("train"), sizes.sst2_train, seed, "label"),
+                  "eval": subset(load_sst2("dev"), sizes.eval_per_task, seed, "label")}
+        data["sst2"] = {}
+        for name, ds in splits.items():
+            items = encode_sentences(tokenizer, list(ds["sentence"]), sizes.max_length)
+            for item, label in zip(items, ds["label"]):
+                item["labels"] = int(label)
+            data["sst2"][name] = items
+    token_tasks = [t for t in tasks if t != "sst2"]
+    if token_tasks:
+        conll = {"train": subset(load_conll("train"), sizes.conll_train, seed),
+                 "eval": subset(load_conll("valid"), sizes.eval_per_task, seed)}
+        column = {"ner": "ner_tags", "pos": "pos_tags", "chunk": "chunk_tags"}
+        for task in token_tasks:
+            index = {tag: i for i, tag in enumerate(LABEL_LISTS[task])}
+            data[task] = {}
+            for name, ds in conll.items():
+                tags = [[index[t] for t in sent] for sent in ds[column[task]]]
+                items = encode_tagged(tokenizer, list(ds["tokens"]), tags, sizes.max_length)
+                for item in items:
+                    item.pop("word_ids")
+                data[task][name] = items
+    return data
+
+
+def make_loader(items: list, batch_size: int, shuffle: bool, seed: int = 0,
+                pad_token_id: int = 0) -> torch.utils.data.DataLoader:
+    from ktlab.data import PadCollator
+    from ktlab.transfer.distill import PadTeacherCollator
+
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=shuffle,
+                                       generator=generator,
+                                       collate_fn=PadTeacherCollator(PadCollator(pad_token_id)))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def task_metric(task: str):
+    """``metric(logits, labels) -> {"score": points}``: accuracy (SST-2, POS) or strict entity F1
+    (NER, chunking) over words (the first sub-token of each word carries its label)."""
+    from ktlab.data import LABEL_LISTS
+    from ktlab.metrics import accuracy
+    from ktlab.tagging import ner_scores
+
+    if task in ("sst2", "pos"):
+        return lambda logits, labels: {"score": 100 * accuracy(logits, labels)}
+    names = LABEL_LISTS[task]
+
+    def f1(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+        pred = logits.argmax(-1)
+        gold_tags, pred_tags = [], []
+        for p_row, g_row in zip(pred, labels):
+            keep = g_row != -100
+            gold_tags.append([names[i] for i in g_row[keep].tolist()])
+            pred_tags.append([names[i] for i in p_row[keep].tolist()])
+        return {"score": ner_scores(gold_tags, pred_tags)["f1"]}
+
+    return f1
+
+
+# ----------------------------------------------------------------------------- models
+
+def build_encoder(teacher: nn.Module, layers: Optional[int]) -> nn.Module:
+    """A fresh copy of the teacher's encoder, or a shallower one initialised from its layers."""
+    import copy
+
+    from ktlab.transfer.layers import init_student_from_teacher
+
+    if layers is None or layers >= teacher.config.num_hidden_layers:
+        return copy.deepcopy(teacher)
+    cfg = teacher.config.__class__.from_dict({**teacher.config.to_dict(),
+                                              "num_hidden_layers": layers})
+    student = teacher.__class__(cfg, add_pooling_layer=False)
+    init_student_from_teacher(student, teacher, "uniform")
+    return student
+
+
+class TaskView(nn.Module):
+    """One task of a multi-task model seen as an ordinary classifier (``forward(**batch)``
+    returns ``logits``), so the distillation cache can run it as a teacher."""
+
+    def __init__(self, model: nn.Module, task: str) -> None:
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **_: Any):
+        from types import SimpleNamespace
+        return SimpleNamespace(logits=self.model(self.task, input_ids, attention_mask,
+                                                 token_type_ids)["logits"])
+
+
+def kd_multitask_loss(alpha: float, temperature: float):
+    """``loss_fn(model, task, batch)`` for multi-task distillation from cached teacher logits."""
+    from ktlab.transfer.distill import hard_soft_loss
+
+    def loss_fn(model: nn.Module, task: str, batch: dict) -> torch.Tensor:
+        logits = model(task, batch["input_ids"], batch["attention_mask"],
+                       batch.get("token_type_ids"))["logits"]
+        return hard_soft_loss(logits, batch["teacher_logits"], batch["labels"], alpha=alpha,
+                              temperature=temperature)
+
+    return loss_fn
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+def run(profile: Optional[str] = None, teacher: Optional[str] = None,
+        tasks: Sequence[str] = TASKS, samplers: Sequence[str] = SAMPLERS,
+        out_dir: Optional[str | Path] = None, seeds: Optional[Sequence[int]] = None,
+        sizes: Optional[MultitaskSizes] = None, distill: bool = True,
+        progress: bool = False) -> dict:
+    """Run the whole experiment and return the results dict (also written to ``out_dir``)."""
+    from ktlab.models import load_teacher, load_tokenizer
+    from ktlab.transfer.multitask import (MultiTaskModel, TaskSampler, evaluate_tasks,
+                                          task_probabilities, train_multitask)
+    from ktlab.transfer.distill import cache_teacher_logits
+    from ktlab.data import PadCollator
+
+    cfg = kconfig.load(profile, teacher=teacher, verbose=False)
+    sizes = sizes or PROFILE_SIZES[cfg.profile]
+    tasks = list(tasks)
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ConfigError(f"unknown tasks {unknown}; choose from {','.join(TASKS)}")
+    bad = [s for s in samplers if s not in SAMPLERS]
+    if bad or not samplers:
+        raise ConfigError(f"unknown samplers {bad}; choose from {','.join(SAMPLERS)}")
+    seeds = tuple(seeds) if seeds is not None else sizes.seeds
+    specs = [s for s in task_specs() if s.name in tasks]
+    tokenizer = load_tokenizer(cfg.teacher)
+    source = load_teacher(cfg.teacher, task="base")   # loaded once, copied for every model
+    pad = tokenizer.pad_token_id
+    metrics = {t: task_metric(t) for t in tasks}
+    total_steps = sizes.steps_per_task * len(tasks)
+    started = time.perf_counter()
+    runs: list[dict] = []
+
+    def train_and_score(name: str, seed: int, data: dict, run_specs: list, sampler: TaskSampler,
+                        steps: int, loss_fn=None, train_items_key: str = "train") -> nn.Module:
+        kconfig.seed_everything(seed)   # the heads' initial weights
+        model = MultiTaskModel(build_encoder(source, sizes.encoder_layers), run_specs).to(cfg.device)
+        loaders = {s.name: make_loader(data[s.name][train_items_key], sizes.batch_size, True,
+                                       seed, pad) for s in run_specs}
+        t0 = time.perf_counter()
+        history = train_multitask(model, loaders, sampler, steps, lr=sizes.lr, loss_fn=loss_fn,
+                                  progress=progress)
+        seconds = time.perf_counter() - t0
+        evals = {s.name: make_loader(data[s.name]["eval"], 64, False, pad_token_id=pad)
+                 for s in run_specs}
+        scores = evaluate_tasks(model, evals, {s.name: metrics[s.name] for s in run_specs})
+        draws = {s.name: history["task"].count(s.name) for s in run_specs}
+        for task, result in scores.items():
+            runs.append({"model": name, "seed": seed, "task": task, "score": result["score"],
+                         "steps": draws[task], "train_seconds": seconds})
+        if progress:
+            print(f"{name} seed={seed}: " + ", ".join(f"{t}={r['score']:.1f}"
+                                                      for t, r in scores.items()))
+        return model
+
+    for seed in seeds:
+        kconfig.seed_everything(seed)
+        data = load_task_data(tokenizer, sizes, seed, tasks)
+        train_sizes = {t: len(data[t]["train"]) for t in tasks}
+        singles = {}
+        for spec in specs:   # 1. single-task baselines
+            singles[spec.name] = train_and_score(
+                "single-task", seed, data, [spec], TaskSampler({spec.name: 1}, "uniform", seed=seed),
+                sizes.steps_per_task)
+        for strategy in samplers:   # 2. multi-task, one model per sampler
+            train_and_score(f"multi-task ({strategy})", seed, data, specs,
+                            TaskSampler(train_sizes, strategy, sizes.temperature, seed),
+                            total_steps)
+        if distill:   # 4. MT-DNN-KD: single-task teachers -> one multi-task student
+            for spec in specs:
+                data[spec.name]["kd"] = cache_teacher_logits(
+                    TaskView(singles[spec.name], spec.name).eval(), data[spec.name]["train"],
+                    PadCollator(pad))
+            train_and_score("multi-task KD (temperature)", seed, data, specs,
+                            TaskSampler(train_sizes, "temperature", sizes.temperature, seed),
+                            total_steps, kd_multitask_loss(sizes.kd_alpha, sizes.kd_temperature),
+                            train_items_key="kd")
+        del singles
+
+    results = {
+        "schema": SCHEMA, "profile": cfg.profile, "teacher": cfg.teacher,
+        "sizes": dataclasses.asdict(sizes), "tasks": tasks, "samplers": list(samplers),
+        "seeds": list(seeds), "train_sizes": train_sizes,
+        "sampling_probabilities": {s: task_probabilities(train_sizes, s, sizes.temperature)
+                                   for s in samplers},
+        "machine": _describe_machine(), "runs": runs,
+        "seconds": time.perf_counter() - started,
+    }
+    results["summary"] = summarise(results)
+    if out_dir is not None:
+        write_results(results, Path(out_dir))
+    return results
+
+
+def _describe_machine() -> dict:
+    from ktlab.experiments.sentiment import describe_machine
+    return describe_machine()
+
+
+# ----------------------------------------------------------------------------- reporting
+
+def summarise(results: dict) -> dict:
+    """Per model and task: mean and standard deviation over seeds; per multi-task model: the
+    delta against single-task (negative transfer where it is below 0) and the task average."""
+    table: dict[str, dict[str, dict]] = {}
+    for model in dict.fromkeys(r["model"] for r in results["runs"]):
+        table[model] = {}
+        for task in results["tasks"]:
+            scores = [r["score"] for r in results["runs"] if r["model"] == model and r["task"] == task]
+            if scores:
+                table[model][task] = {"mean": statistics.fmean(scores),
+                                      "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                                      "n": len(scores)}
+    single = table.get("single-task", {})
+    deltas: dict[str, dict] = {}
+    for model, per_task in table.items():
+        if model == "single-task":
+            continue
+        deltas[model] = {}
+        for task, stats in per_task.items():
+            paired = []
+            for seed in results["seeds"]:
+                mine = [r["score"] for r in results["runs"] if r["model"] == model
+                        and r["task"] == task and r["seed"] == seed]
+                base = [r["score"] for r in results["runs"] if r["model"] == "single-task"
+                        and r["task"] == task and r["seed"] == seed]
+                if mine and base:
+                    paired.append(mine[0] - base[0])
+            deltas[model][task] = {"mean": statistics.fmean(paired) if paired else float("nan"),
+                                   "std": statistics.stdev(paired) if len(paired) > 1 else 0.0}
+    averages = {model: statistics.fmean(s["mean"] for s in per_task.values())
+                for model, per_task in table.items() if per_task}
+    goal = {}
+    for model, per_task in deltas.items():
+        if single:
+            worst = min(d["mean"] for d in per_task.values())
+            goal[model] = {"average_vs_single": averages[model] - averages["single-task"],
+                           "worst_task_delta": worst,
+                           "met": averages[model] >= averages["single-task"] and worst >= -1.0}
+    return {"scores": table, "deltas": deltas, "averages": averages, "goal": goal}
+
+
+def markdown_table(results: dict) -> str:
+    """Mean ± std (over seeds) per model and task, the task average, and the goal check."""
+    summary = results["summary"]
+    tasks = results["tasks"]
+    lines = ["| model | " + " | ".join(tasks) + " | average | Δ avg vs single |",
+             "|---" * (len(tasks) + 3) + "|"]
+    for model, per_task in summary["scores"].items():
+        cells = [f"{per_task[t]['mean']:.1f} ± {per_task[t]['std']:.1f}" for t in tasks]
+        delta = summary["goal"].get(model, {}).get("average_vs_single")
+        lines.append(f"| {model} | " + " | ".join(cells) +
+                     f" | {summary['averages'][model]:.1f} | "
+                     f"{'—' if delta is None else f'{delta:+.1f}'} |")
+    return "\n".join(lines)
+
+
+def write_results(results: dict, out: Path, plots: bool = True) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(out / "results.json")
+    (out / "table.md").write_text(markdown_table(results) + "\n")
+    if plots:
+        import matplotlib
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+        fig = plot_deltas(results)
+        fig.savefig(out / "deltas.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+
+
+def load_results(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    results = json.loads(path.read_text())
+    if results.get("schema") != SCHEMA:
+        raise ValueError(f"{path} is not a ktlab multi-task results file (schema "
+                         f"{results.get('schema')!r}, expected {SCHEMA!r})")
+    return results
+
+
+def plot_deltas(results: dict) -> Any:
+    """Per-task difference to single-task training, one bar group per multi-task model, with
+    error bars = standard deviation over seeds. Below zero is negative transfer."""
+    import matplotlib.pyplot as plt
+
+    deltas = results["summary"]["deltas"]
+    tasks = results["tasks"]
+    models = list(deltas)
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    x = np.arange(len(tasks))
+    for i, model in enumerate(models):
+        means = [deltas[model][t]["mean"] for t in tasks]
+        stds = [deltas[model][t]["std"] for t in tasks]
+        ax.bar(x + i * width, means, width, yerr=stds, capsize=3, label=model)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(x + width * (len(models) - 1) / 2, tasks)
+    ax.set_ylabel("score − single-task (points)")
+    ax.set_title(f"Multi-task vs single-task ({results['profile']} profile, "
+                 f"{len(results['seeds'])} seed(s))")
+    ax.legend(fontsize=8)
+    return fig
