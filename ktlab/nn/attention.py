@@ -45,8 +45,9 @@ def padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype = torch.float3
     if attention_mask.dim() != 2:
         raise ValueError(f"attention_mask must be (batch, seq_len) with 1 for tokens and 0 for "
                          f"padding; got shape {tuple(attention_mask.shape)}")
-    keep = attention_mask[:, None, None, :].to(dtype)
-    return (1.0 - keep) * torch.finfo(dtype).min
+    pad = attention_mask[:, None, None, :] == 0
+    bias = torch.zeros(pad.shape, dtype=dtype, device=pad.device)
+    return bias.masked_fill(pad, torch.finfo(dtype).min)
 
 
 def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
