@@ -1,0 +1,66 @@
+"""ktlab.metrics: accuracy, calibration, parameter counts, latency and throughput."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ktlab.metrics import (accuracy, classification_metrics, expected_calibration_error,
+                           measure_latency, measure_throughput, model_size_mb, parameter_counts,
+                           reliability_curve)
+from tiny_models import batch_of, tiny_bert, toy_sequence_data
+
+
+def test_accuracy_sequence_and_token_level():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    assert accuracy(logits, torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
+    tok = torch.zeros(2, 3, 4)
+    tok[..., 2] = 1.0
+    labels = torch.tensor([[2, 2, -100], [1, -100, -100]])
+    assert accuracy(tok, labels) == pytest.approx(2 / 3)  # -100 ignored
+    with pytest.raises(ValueError, match="do not match"):
+        accuracy(logits, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="no labelled"):
+        accuracy(tok, torch.full((2, 3), -100))
+
+
+def test_ece_zero_when_calibrated_and_high_when_overconfident():
+    # confidence 0.75 and exactly 75% right -> ECE 0
+    p = torch.tensor([[0.75, 0.25]] * 4)
+    labels = torch.tensor([0, 0, 0, 1])
+    assert expected_calibration_error(p.log(), labels) == pytest.approx(0.0, abs=1e-6)
+    confident = torch.tensor([[10.0, 0.0]] * 4)  # ~100% sure, 50% right
+    assert expected_calibration_error(confident, torch.tensor([0, 1, 0, 1])) == pytest.approx(
+        0.5, abs=1e-3)
+    curve = reliability_curve(confident, torch.tensor([0, 1, 0, 1]), n_bins=4)
+    assert sum(curve["count"]) == 4 and curve["accuracy"][-1] == pytest.approx(0.5)
+    assert math.isnan(curve["accuracy"][0])
+    m = classification_metrics(p.log(), labels)
+    assert m["accuracy"] == 0.75 and m["nll"] > 0
+
+
+def test_parameter_counts_and_size():
+    model = tiny_bert()
+    counts = parameter_counts(model)
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    model.bert.embeddings.requires_grad_(False)
+    frozen = parameter_counts(model)
+    assert frozen["trainable"] < counts["trainable"] and 0 < frozen["trainable_share"] < 1
+    assert model_size_mb(model) == pytest.approx(
+        (counts["total"] * 4 + sum(b.numel() * b.element_size() for b in model.buffers())) / 2**20)
+
+
+def test_latency_and_throughput():
+    calls = []
+    stats = measure_latency(lambda: calls.append(1), warmup=2, repeats=5)
+    assert len(calls) == 7 and stats["min_s"] <= stats["median_s"] <= stats["max_s"]
+    with pytest.raises(ValueError):
+        measure_latency(lambda: None, repeats=0)
+    model = tiny_bert()
+    batches = [batch_of(toy_sequence_data(8)), batch_of(toy_sequence_data(4, seed=1))]
+    batches = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
+    out = measure_throughput(model, batches)
+    assert out["examples"] == 12 and out["examples_per_s"] > 0
+    with pytest.raises(ValueError):
+        measure_throughput(model, [])
