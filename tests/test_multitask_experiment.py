@@ -62,5 +62,5 @@ def test_bad_options_are_clear(capsys, tmp_path):
     assert "unknown samplers" in capsys.readouterr().err
     bad = tmp_path / "x.json"
     bad.write_text(json.dumps({"schema": "other"}))
-    with pytest.raises(ValueError, match="not a ktlab multi-task results file"):
+    with pytest.raises(ValueError, match="has schema 'other', expected"):
         multitask.load_results(bad)
