@@ -222,3 +222,11 @@ def test_summary_and_highlight_from_hand_made_records():
                               ["B-PER", "O", "O", "B-ORG", "O"])
     assert html.count("#2a9d2a") == 1 and html.count("#d62828") == 1   # one right, one wrong
     assert "<sub" in html and "title=\"gold LOC\"" in html
+
+
+def test_an_unreachable_teacher_is_a_clear_cli_error(tmp_path, capsys):
+    from ktlab.cli import main
+    missing = tmp_path / "no-such-teacher"
+    missing.mkdir()   # a folder without config.json: refused before any data is read
+    assert main(["run", "ner", "--teacher", str(missing), "--out", str(tmp_path / "o")]) == 2
+    assert "not a Hugging Face model folder" in capsys.readouterr().err

@@ -52,6 +52,7 @@ def _ner_args(parser: argparse.ArgumentParser) -> None:
 
 def _run_ner(args: argparse.Namespace) -> int:
     from ktlab.experiments import ner
+    from ktlab.models import TeacherNotFoundError
     out = args.out or f"runs/ner-{args.profile or 'quick'}"
     try:
         students = ner.parse_students(args.students)
@@ -59,7 +60,7 @@ def _run_ner(args: argparse.Namespace) -> int:
         ner.run(profile=args.profile, teacher=args.teacher, students=students, out_dir=out,
                 seed=args.seed, conditions={s: conds for s in students} if conds else None,
                 use_cache=not args.no_cache, progress=args.progress)
-    except ner.ConfigError as err:
+    except (ner.ConfigError, TeacherNotFoundError) as err:
         print(f"ktlab run ner: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -62,6 +62,7 @@ class NerSizes:
     teacher_epochs: int
     student_epochs: int
     batch_size: int = 32
+    teacher_batch_size: Optional[int] = None  #: default batch_size; 16 gives a short run more steps
     teacher_lr: float = 5e-5
     teacher_evals: int = 4           #: dev evaluations during teacher fine-tuning (the curve)
     kd_alpha: float = 0.5            #: weight of the teacher term in ``kd`` / ``kd+crf``
@@ -75,19 +76,21 @@ class NerSizes:
 PROFILE_SIZES = {
     # <= 5 min on 2 CPU cores, including the teacher
     "quick": NerSizes(teacher_train=1500, student_train=1500, dev=500, test=500, max_length=96,
-                      teacher_epochs=1, student_epochs=4, teacher_lr=1e-4, teacher_evals=3),
+                      teacher_epochs=1, student_epochs=4, teacher_batch_size=16,
+                      teacher_lr=1e-4, teacher_evals=2),
     # a GPU: everything, BERT recipe (Devlin et al. 2019: lr 5e-5, 3-4 epochs)
     "full": NerSizes(teacher_train=None, student_train=None, dev=None, test=None,
                      max_length=128, teacher_epochs=3, student_epochs=10, teacher_lr=5e-5,
                      teacher_evals=6),
     # CPU, full training set, one teacher epoch (see results/ner-bench/README.md)
     "bench": NerSizes(teacher_train=None, student_train=None, dev=None, test=None,
-                      max_length=128, teacher_epochs=1, student_epochs=4, teacher_lr=1e-4,
-                      teacher_evals=3),
+                      max_length=128, teacher_epochs=1, student_epochs=4,
+                      teacher_batch_size=16, teacher_lr=1e-4, teacher_evals=3),
     # notebook 05: the quick recipe trimmed to fit 180 s with the data tour around it
-    "notebook": NerSizes(teacher_train=1000, student_train=1500, dev=400, test=400,
-                         max_length=96, teacher_epochs=1, student_epochs=4, teacher_lr=1e-4,
-                         teacher_evals=1, speed_sentences=128, latency_sentences=32),
+    "notebook": NerSizes(teacher_train=1000, student_train=1000, dev=300, test=300,
+                         max_length=96, teacher_epochs=1, student_epochs=4,
+                         teacher_batch_size=16, teacher_lr=1e-4, teacher_evals=1,
+                         speed_sentences=128, latency_sentences=32),
     # unit tests: a few dozen sentences, one or two optimiser steps
     "tiny": NerSizes(teacher_train=24, student_train=32, dev=24, test=24, max_length=48,
                      teacher_epochs=1, student_epochs=1, batch_size=16, teacher_evals=1,
@@ -421,11 +424,12 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
         teacher_history, teacher_seconds = blob["history"], blob["train_seconds"]
         log(f"[ner] teacher loaded from cache {teacher_file.name}")
     else:
-        steps = max(1, len(teacher_items) // sizes.batch_size) * sizes.teacher_epochs
+        teacher_batch = sizes.teacher_batch_size or sizes.batch_size
+        steps = max(1, len(teacher_items) // teacher_batch) * sizes.teacher_epochs
         if sizes.teacher_max_steps:
             steps = min(steps, sizes.teacher_max_steps)
         _, history = _train(teacher_model, teacher_items, ev["dev_items"], lr=sizes.teacher_lr,
-                            epochs=sizes.teacher_epochs, batch_size=sizes.batch_size,
+                            epochs=sizes.teacher_epochs, batch_size=teacher_batch,
                             seed=cfg.seed, loss_fn=None, pad_token_id=pad_id, weight_decay=0.01,
                             warmup_ratio=0.1, max_steps=sizes.teacher_max_steps,
                             eval_every=max(1, steps // max(1, sizes.teacher_evals)),
