@@ -21,6 +21,7 @@ small loop is not slower.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import math
@@ -163,12 +164,25 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup_steps: int,
 
 # ----------------------------------------------------------------------------- losses and metrics
 
-def _forward_keys(model: nn.Module) -> Optional[set[str]]:
-    """Names ``model.forward`` accepts (``None`` if it takes ``**kwargs``)."""
-    params = inspect.signature(model.forward).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return set(params)
+def _named_inputs(forward: Callable) -> Optional[frozenset[str]]:
+    named = {name for name, p in inspect.signature(forward).parameters.items()
+             if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+    named.discard("self")
+    return frozenset(named) or None
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_keys_of(cls: type) -> Optional[frozenset[str]]:
+    return _named_inputs(cls.forward)
+
+
+def _forward_keys(model: nn.Module) -> Optional[frozenset[str]]:
+    """The named inputs of ``model.forward``, cached per class; ``None`` when it only takes
+    ``**kwargs``. Hugging Face models also take ``**kwargs`` (attention options), but a batch key
+    such as ``teacher_logits`` must not leak into them, so only named inputs are passed."""
+    if "forward" in vars(model):  # an instance-level override (rare): inspect it directly
+        return _named_inputs(model.forward)
+    return _forward_keys_of(type(model))
 
 
 def model_inputs(model: nn.Module, batch: dict) -> dict:
@@ -411,11 +425,12 @@ class Trainer:
                 batch_in_epoch += 1
                 last_of_epoch = batch_in_epoch == n_batches
                 sync = (micro + 1) % cfg.grad_accum_steps == 0 or last_of_epoch
-                ctx = acc.no_sync(model) if not sync else _nullcontext()
-                with ctx, acc.autocast():
-                    loss = self.loss_fn(model, batch)
+                # DDP: all-reduce gradients only on the micro-batch that ends an accumulation
+                with acc.no_sync(model) if not sync else _nullcontext():
+                    with acc.autocast():  # forward in bf16/fp16 on CUDA; backward outside it
+                        loss = self.loss_fn(model, batch)
                     acc.backward(loss / cfg.grad_accum_steps)
-                running += loss.detach().float().item() / cfg.grad_accum_steps
+                running = running + loss.detach().float() / cfg.grad_accum_steps  # no sync
                 micro += 1
                 self.history.examples_seen += _batch_size(batch) * acc.num_processes
                 if not sync:
@@ -429,7 +444,7 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 # partial accumulation at epoch end: scale the logged loss back to one batch
-                logged = running * cfg.grad_accum_steps / micro
+                logged = float(running) * cfg.grad_accum_steps / micro
                 running, micro = 0.0, 0
                 bar.update(1)
                 if self.step % cfg.log_every == 0:

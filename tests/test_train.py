@@ -214,3 +214,14 @@ def test_atomic_save_and_pad_cat(tmp_path):
     assert [p.name for p in (tmp_path / "x").iterdir()] == ["c.pt"]  # no temporary left behind
     out = pad_cat([torch.ones(2, 3, 4), torch.ones(1, 5, 4)])
     assert out.shape == (3, 5, 4) and out[0, 3:].abs().sum() == 0
+
+
+def test_model_inputs_keeps_only_named_forward_inputs():
+    batch = {"input_ids": 1, "attention_mask": 2, "labels": 3, "teacher_logits": 4,
+             "example_id": 5}
+    assert set(model_inputs(tiny_bert(), batch)) == {"input_ids", "attention_mask", "labels"}
+
+    class KwargsOnly(torch.nn.Module):
+        def forward(self, **kwargs):
+            return kwargs
+    assert model_inputs(KwargsOnly(), batch) == batch

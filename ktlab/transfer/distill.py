@@ -411,7 +411,10 @@ class Distiller(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 token_type_ids: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None, **extra: Any) -> DistillerOutput:
+                labels: Optional[torch.Tensor] = None,
+                teacher_logits: Optional[torch.Tensor] = None) -> DistillerOutput:
+        """``teacher_logits`` (cached, e.g. by :func:`cache_teacher_logits`) replace a teacher
+        call when only logits are matched."""
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         kwargs = {"input_ids": input_ids, "attention_mask": mask}
         if token_type_ids is not None:
@@ -424,6 +427,7 @@ class Distiller(nn.Module):
                 logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                 ignore_index=IGNORE_INDEX)
             return DistillerOutput(loss=loss, logits=logits, terms={})
+        extra = {} if teacher_logits is None else {"teacher_logits": teacher_logits}
         t_out = self.teacher_outputs({**kwargs, **extra})
         token_mask = mask.bool() if logits.ndim == 3 else None
         if token_mask is not None and labels is not None:
