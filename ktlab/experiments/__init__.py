@@ -1,6 +1,8 @@
 """Experiments shared by the notebooks and ``ktlab run``: one pipeline per headline experiment.
 
 * :mod:`ktlab.experiments.sentiment` - SST-2 teacher -> BiLSTM / CNN / tiny-Transformer students.
+* :mod:`ktlab.experiments.ner` - CoNLL-2003 teacher -> BiLSTM(-CRF) / tiny-Transformer taggers
+  (token-level distillation; helpers shared with later pipelines in :mod:`.common`).
 
 Each experiment module exposes ``run(profile=..., teacher=..., out_dir=...) -> dict`` and a
 results JSON schema; :mod:`ktlab.experiments.cli` maps ``ktlab run NAME`` onto it.
