@@ -81,6 +81,9 @@ def _multitask_args(parser: argparse.ArgumentParser) -> None:
 def _run_multitask(args: argparse.Namespace) -> int:
     from ktlab.experiments import multitask
     out = args.out or f"runs/multitask-{args.profile or 'quick'}"
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     try:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else (
             [args.seed] if args.seed is not None else None)

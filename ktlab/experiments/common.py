@@ -60,9 +60,7 @@ def write_results(results: dict, out: Path, table: str,
     os.replace(tmp, out / "results.json")
     (out / "table.md").write_text(table + "\n")
     if plots:
-        import matplotlib
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # no backend switch: inline plots must survive in notebooks
         for name, fn in figures.items():
             fig = fn(results)
             fig.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")

@@ -62,7 +62,7 @@ class MultitaskSizes:
 PROFILE_SIZES = {
     # frozen embeddings: AdamW then skips MiniLM's 11.7M-parameter embedding table every step
     "quick": MultitaskSizes(sst2_train=2000, conll_train=1500, eval_per_task=300,
-                            encoder_layers=2, steps_per_task=40, seeds=(0,), max_length=48,
+                            encoder_layers=2, steps_per_task=30, seeds=(0,), max_length=48, lr=4e-4,
                             freeze_embeddings=True),
     "full": MultitaskSizes(sst2_train=None, conll_train=None, eval_per_task=None,
                            encoder_layers=None, steps_per_task=3000, seeds=(0, 1, 2),

@@ -34,8 +34,8 @@ def check_combine(fn, t: Checker) -> None:
     for seed, n_tasks in enumerate([1, 2, 4]):
         with t.case(f"{n_tasks} task(s)"):
             names = [f"task{i}" for i in range(n_tasks)]
-            losses = {n: t.randn(seed=seed * 10 + i).abs() + 0.1 for i, n in enumerate(names)}
-            log_vars = {n: t.randn(seed=seed * 10 + 5 + i) for i, n in enumerate(names)}
+            losses = {n: t.randn(1, seed=seed * 10 + i)[0].abs() + 0.1 for i, n in enumerate(names)}
+            log_vars = {n: t.randn(1, seed=seed * 10 + 5 + i)[0] for i, n in enumerate(names)}
             weighting = UncertaintyWeighting(names)
             with torch.no_grad():
                 for n in names:
