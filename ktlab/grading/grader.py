@@ -165,6 +165,8 @@ def _grading_env(results: Path) -> Dict[str, str]:
         "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
         "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false",
         "MPLBACKEND": "Agg", "PYDEVD_DISABLE_FILE_VALIDATION": "1", "JUPYTER_PLATFORM_DIRS": "1",
+        # kernels graded side by side must not busy-wait for each other's cores (OpenMP spin)
+        "OMP_WAIT_POLICY": "PASSIVE",
         "PYTHONPATH": os.pathsep.join([str(SANDBOX), str(PACKAGE_ROOT)]
                                       + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])),
     })
