@@ -75,6 +75,19 @@ def test_tiny_transformer_is_a_small_bert():
         st.tiny_transformer(VOCAB, hidden_size=30, num_heads=4)
 
 
+def test_mean_pool_transformer_ignores_padding():
+    torch.manual_seed(0)
+    model = st.tiny_transformer(VOCAB, hidden_size=32, num_layers=1, num_heads=4,
+                                pooling="mean").eval()
+    ids, mask = _batch([4, 2])
+    out = model(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1]))
+    assert out.logits.shape == (2, 2) and out.loss is not None
+    alone = model(input_ids=ids[1:, :2], attention_mask=mask[1:, :2]).logits
+    torch.testing.assert_close(alone, out.logits[1:], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="pooling"):
+        st.tiny_transformer(VOCAB, hidden_size=32, num_heads=4, pooling="max")
+
+
 def test_embedding_init_from_teacher_table():
     torch.manual_seed(0)
     table = torch.randn(VOCAB, 12) @ torch.randn(12, 12)

@@ -96,6 +96,12 @@ STUDENT_KWARGS = {
     "tiny": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
 }
 STUDENT_LR = {"bilstm": 2e-3, "cnn": 2e-3, "tiny": 5e-4, "tiny-init": 1e-4}
+#: How each teacher turns token states into a sentence vector: the offline MiniLM is a
+#: mean-pooling sentence encoder; hub BERTs use their pre-trained [CLS] pooler (HF's head).
+TEACHER_POOLING = {"minilm": "mean"}
+#: The new classification head learns this many times faster than the pre-trained encoder: a
+#: few dozen steps (quick profile) are otherwise too few for a randomly initialised head.
+HEAD_LR_SCALE = 10.0
 #: Layers of the teacher-initialised tiny student (6 -> 3 copies teacher layers 1, 3, 5).
 TINY_INIT_LAYERS = 3
 
@@ -268,11 +274,29 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- training
 
+def _optimizer_with_fast_head(model: torch.nn.Module, lr: float, weight_decay: float,
+                              head: Sequence[str] = ("classifier.", "bert.pooler.")) -> Any:
+    """AdamW where the (new) head's parameters get ``HEAD_LR_SCALE`` x the encoder's LR, with the
+    Trainer's decay rule (none on biases and LayerNorm); its schedule scales all groups alike."""
+    from ktlab.train import NO_DECAY
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        fast = name.startswith(tuple(head))
+        decay = not (any(nd in name for nd in NO_DECAY) or param.ndim == 1)
+        groups.setdefault((fast, decay), []).append(param)
+    return torch.optim.AdamW(
+        [{"params": params, "lr": lr * (HEAD_LR_SCALE if fast else 1.0),
+          "weight_decay": weight_decay if decay else 0.0}
+         for (fast, decay), params in groups.items()], lr=lr)
+
+
 def _train(model: torch.nn.Module, train_items: list, dev_items: list, *, lr: float,
            epochs: int, batch_size: int, seed: int, loss_fn: Optional[Callable],
            pad_token_id: int, weight_decay: float, warmup_ratio: float,
            max_steps: Optional[int], eval_every: Optional[int] = None,
-           progress: bool = False) -> tuple[Any, Any]:
+           progress: bool = False, optimizer: Any = None) -> tuple[Any, Any]:
     from ktlab.data.collate import PadCollator
     from ktlab.train import TrainConfig, Trainer
     cfg = TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay,
@@ -280,7 +304,7 @@ def _train(model: torch.nn.Module, train_items: list, dev_items: list, *, lr: fl
                       eval_every=eval_every, progress=progress, eval_batch_size=64)
     trainer = Trainer(model, cfg, train_dataset=train_items, eval_dataset=dev_items,
                       collate_fn=PadCollator(pad_token_id), loss_fn=loss_fn,
-                      metric_fn=_accuracy_metric)
+                      metric_fn=_accuracy_metric, optimizer=optimizer)
     history = trainer.fit()
     return trainer, history
 
@@ -303,16 +327,19 @@ def _tiny_from_teacher(teacher: torch.nn.Module, vocab_size: int, pad_token_id: 
     """A shallower student of the teacher's *width* (copying needs equal shapes): embeddings and
     teacher layers 1, 3, 5 (``uniform`` map, DistilBERT-style) via
     :func:`ktlab.transfer.layers.init_student_from_teacher`, plus the fine-tuned pooler and
-    classifier, so it starts as a (damaged) copy of the teacher rather than from noise."""
+    classifier (and the teacher's pooling), so it starts as a (damaged) copy of the teacher
+    rather than from noise."""
     from ktlab.nn.students import tiny_transformer
     from ktlab.transfer.layers import init_student_from_teacher
     tc = teacher.config
     n_layers = max(1, min(TINY_INIT_LAYERS, tc.num_hidden_layers))
+    from ktlab.nn.students import MeanPoolClassifier
     student = tiny_transformer(vocab_size, num_labels, hidden_size=tc.hidden_size,
                                num_layers=n_layers, num_heads=tc.num_attention_heads,
                                intermediate_size=tc.intermediate_size,
                                max_position_embeddings=tc.max_position_embeddings,
-                               pad_token_id=pad_token_id)
+                               pad_token_id=pad_token_id,
+                               pooling="mean" if isinstance(teacher, MeanPoolClassifier) else "cls")
     init_student_from_teacher(student, teacher, "uniform")
     with torch.no_grad():
         s_state, t_state = student.state_dict(), teacher.state_dict()
@@ -389,10 +416,16 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
 
     # --- teacher: fine-tune (or load from cache) -------------------------------------------
     key = _cache_key(teacher=cfg.teacher, seed=cfg.seed, sizes=dataclasses.asdict(sizes),
-                     schema=SCHEMA)
+                     schema=SCHEMA, pooling=TEACHER_POOLING.get(cfg.teacher, "cls"),
+                     head_lr_scale=HEAD_LR_SCALE)
     teacher_file = out / "cache" / f"teacher-{key}.pt"
     kconfig.seed_everything(cfg.seed)
-    teacher_model = load_teacher(cfg.teacher, num_labels=2, task="sequence", seed=cfg.seed)
+    pooling = TEACHER_POOLING.get(cfg.teacher, "cls")
+    if pooling == "mean":
+        from ktlab.nn.students import MeanPoolClassifier
+        teacher_model = MeanPoolClassifier(load_teacher(cfg.teacher, seed=cfg.seed), 2)
+    else:
+        teacher_model = load_teacher(cfg.teacher, num_labels=2, task="sequence", seed=cfg.seed)
     t0 = time.perf_counter()
     if use_cache and teacher_file.is_file():
         blob = torch.load(teacher_file, map_location="cpu", weights_only=False)
@@ -409,7 +442,8 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
             teacher_model, t_items, dev_items, lr=sizes.teacher_lr, epochs=sizes.teacher_epochs,
             batch_size=sizes.batch_size, seed=cfg.seed, loss_fn=None, pad_token_id=pad_id,
             weight_decay=0.01, warmup_ratio=0.1, max_steps=sizes.teacher_max_steps,
-            eval_every=max(1, steps // max(1, sizes.teacher_evals)), progress=progress)
+            eval_every=max(1, -(-steps // max(1, sizes.teacher_evals))), progress=progress,
+            optimizer=_optimizer_with_fast_head(teacher_model, sizes.teacher_lr, 0.01))
         teacher_history, teacher_train_seconds = _history_dict(history), history.train_seconds
         torch.save({"state": teacher_model.state_dict(), "history": teacher_history,
                     "train_seconds": teacher_train_seconds}, teacher_file)
@@ -488,6 +522,7 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
 
     results = {
         "schema": SCHEMA, "profile": cfg.profile, "teacher_name": cfg.teacher, "seed": cfg.seed,
+        "teacher_pooling": TEACHER_POOLING.get(cfg.teacher, "cls"), "head_lr_scale": HEAD_LR_SCALE,
         "sizes": dataclasses.asdict(sizes), "students_requested": names,
         "machine": describe_machine(), "started_utc": time.strftime(
             "%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

@@ -122,16 +122,58 @@ class KimCNN(nn.Module):
         return self.out(self.dropout(torch.cat(pooled, dim=1)))
 
 
+class MeanPoolClassifier(nn.Module):
+    """A BERT encoder + a linear head on the *masked mean* of its last hidden states.
+
+    all-MiniLM-L6-v2 was trained as a sentence encoder with mean pooling: its mean-pooled vector
+    already separates positive from negative reviews, while its ``[CLS]`` vector (what
+    ``BertForSequenceClassification`` classifies) was never trained for that and needs many more
+    steps to become useful. Parameter names follow HF (``bert.``, ``classifier.``), so
+    :mod:`ktlab.transfer.layers` maps layers between two such models. Returns an HF
+    ``SequenceClassifierOutput`` (``.logits``, and ``.loss`` when ``labels`` are given)."""
+
+    base_model_prefix = "bert"
+
+    def __init__(self, encoder: nn.Module, num_labels: int = 2, dropout: float = 0.1):
+        super().__init__()
+        self.bert = encoder
+        self.config = encoder.config
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.bert.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                token_type_ids: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None) -> Any:
+        from transformers.modeling_outputs import SequenceClassifierOutput
+        if attention_mask is None:
+            attention_mask = (input_ids != (self.config.pad_token_id or 0)).long()
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                           token_type_ids=token_type_ids).last_hidden_state
+        mask = attention_mask[:, :, None].to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        logits = self.classifier(self.dropout(pooled))
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
 def tiny_transformer(vocab_size: int, num_labels: int = 2, hidden_size: int = 256,
                      num_layers: int = 4, num_heads: int = 4, intermediate_size: Optional[int] = None,
                      max_position_embeddings: int = 512, dropout: float = 0.1,
-                     pad_token_id: int = 0) -> nn.Module:
-    """A small BERT (``BertForSequenceClassification``) with randomly initialised weights.
+                     pad_token_id: int = 0, pooling: str = "cls") -> nn.Module:
+    """A small BERT with randomly initialised weights: ``BertForSequenceClassification``
+    (``pooling="cls"``) or a :class:`MeanPoolClassifier` over a ``BertModel`` (``"mean"``).
 
     Being a real HF BERT, it shares parameter names with the teacher, which is what lets
     :mod:`ktlab.transfer.layers` initialise it from chosen teacher layers (use the teacher's
     ``hidden_size`` for that)."""
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    if pooling not in ("cls", "mean"):
+        raise ValueError(f"unknown pooling {pooling!r} for the tiny Transformer; use 'cls' or "
+                         "'mean'")
 
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
@@ -141,6 +183,8 @@ def tiny_transformer(vocab_size: int, num_labels: int = 2, hidden_size: int = 25
                         max_position_embeddings=max_position_embeddings,
                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
                         num_labels=num_labels, pad_token_id=pad_token_id)
+    if pooling == "mean":
+        return MeanPoolClassifier(BertModel(config), num_labels, dropout)
     return BertForSequenceClassification(config)
 
 
