@@ -13,7 +13,7 @@ def brute_force(crf, emissions, length):
         t = torch.tensor([list(tags) + [0] * (emissions.shape[1] - length)])
         mask = torch.zeros(1, emissions.shape[1], dtype=torch.bool)
         mask[0, :length] = True
-        scores[tags] = float(crf.score(emissions, t, mask)[0])
+        scores[tags] = crf.score(emissions, t, mask)[0].item()
     return scores
 
 
