@@ -583,19 +583,10 @@ def markdown_table(results: dict) -> str:
 
 
 def write_results(results: dict, out: Path, plots: bool = True) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, out / "results.json")
-    (out / "table.md").write_text(markdown_table(results) + "\n")
-    if plots:
-        import matplotlib
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-        for name, fn in (("tradeoff", plot_tradeoff), ("teacher_curve", plot_teacher_curve)):
-            fig = fn(results)
-            fig.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")
-            plt.close(fig)
+    """``results.json``, ``table.md`` and the plots, written by :mod:`ktlab.experiments.common`."""
+    from ktlab.experiments import common
+    common.write_results(results, out, markdown_table(results),
+                         {"tradeoff": plot_tradeoff, "teacher_curve": plot_teacher_curve}, plots)
 
 
 def load_results(path: str | Path) -> dict:
