@@ -2,18 +2,19 @@
 a training :class:`ktlab.train.History` into JSON, and writing / reading a results folder
 (``results.json``, ``table.md``, PNG plots) with a schema check.
 
-They live here so that ``ktlab.experiments.ner`` (and later pipelines) share one definition;
-``ktlab.experiments.sentiment`` predates this module and keeps its own copies for now.
+They live here so that the sentiment, NER and multi-task pipelines share one definition.
 """
 from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import torch
 
 
 def time_calls(fn: Callable[[Any], Any], batches: Sequence[Any], singles: Sequence[Any],
@@ -79,3 +80,24 @@ def load_results(path: str | Path, schema: str, experiment: str) -> dict:
     if results.get("schema") != schema:
         raise ValueError(f"{path} has schema {results.get('schema')!r}, expected {schema!r}")
     return results
+
+
+def describe_machine() -> dict:
+    """What the numbers were measured on (throughput depends on it)."""
+    import transformers
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "device": "cpu"}
+    try:
+        info["load_average_1m"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return info

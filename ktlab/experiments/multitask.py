@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ktlab import config as kconfig
+from ktlab.experiments.common import describe_machine
 
 SCHEMA = "ktlab.multitask/1"
 TASKS = ("sst2", "ner", "pos", "chunk")
@@ -284,18 +285,13 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
         "seeds": list(seeds), "train_sizes": train_sizes,
         "sampling_probabilities": {s: task_probabilities(train_sizes, s, sizes.temperature)
                                    for s in samplers},
-        "machine": _describe_machine(), "runs": runs,
+        "machine": describe_machine(), "runs": runs,
         "seconds": time.perf_counter() - started,
     }
     results["summary"] = summarise(results)
     if out_dir is not None:
         write_results(results, Path(out_dir))
     return results
-
-
-def _describe_machine() -> dict:
-    from ktlab.experiments.sentiment import describe_machine
-    return describe_machine()
 
 
 # ----------------------------------------------------------------------------- reporting

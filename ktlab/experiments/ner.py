@@ -37,8 +37,8 @@ import torch.nn.functional as F
 
 from ktlab import config as kconfig
 from ktlab.data.conll import ENTITY_TYPES, NER_LABELS
-from ktlab.experiments.sentiment import (ConfigError, _cache_key, count_params,
-                                         describe_machine)
+from ktlab.experiments.common import describe_machine
+from ktlab.experiments.sentiment import ConfigError, _cache_key, count_params
 
 SCHEMA = "ktlab.ner/1"
 STUDENTS = ("bilstm", "tiny")

@@ -26,8 +26,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -37,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ktlab import config as kconfig
+from ktlab.experiments.common import describe_machine
 
 SCHEMA = "ktlab.sentiment/1"
 STUDENTS = ("bilstm", "cnn", "tiny")
@@ -127,27 +126,6 @@ def parse_students(spec: str | Sequence[str]) -> list[str]:
                           f"--students takes a comma-separated list of {', '.join(STUDENTS)} "
                           "(e.g. --students bilstm,cnn)")
     return list(dict.fromkeys(names))
-
-
-def describe_machine() -> dict:
-    """What the numbers were measured on (throughput depends on it)."""
-    import transformers
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "device": "cpu"}
-    try:
-        info["load_average_1m"] = os.getloadavg()[0]
-    except OSError:
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return info
 
 
 # ----------------------------------------------------------------------------- data
@@ -591,16 +569,8 @@ def write_results(results: dict, out: Path, plots: bool = True) -> None:
 
 def load_results(path: str | Path) -> dict:
     """Read a ``results.json`` (a file or the folder holding it) and check its schema."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no results at {path}; run `ktlab run sentiment --out "
-                                f"{path.parent}` first")
-    results = json.loads(path.read_text())
-    if results.get("schema") != SCHEMA:
-        raise ValueError(f"{path} has schema {results.get('schema')!r}, expected {SCHEMA!r}")
-    return results
+    from ktlab.experiments import common
+    return common.load_results(path, SCHEMA, "sentiment")
 
 
 def plot_tradeoff(results: dict) -> Any:
