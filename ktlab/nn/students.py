@@ -159,6 +159,23 @@ class MeanPoolClassifier(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
+def tiny_bert_config(vocab_size: int, num_labels: int, hidden_size: int, num_layers: int,
+                     num_heads: int, intermediate_size: Optional[int] = None,
+                     max_position_embeddings: int = 512, dropout: float = 0.1,
+                     pad_token_id: int = 0) -> Any:
+    """The ``BertConfig`` of a small student Transformer (the teacher's parameter names)."""
+    from transformers import BertConfig
+
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
+    return BertConfig(vocab_size=vocab_size, hidden_size=hidden_size,
+                      num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                      intermediate_size=intermediate_size or 4 * hidden_size,
+                      max_position_embeddings=max_position_embeddings,
+                      hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                      num_labels=num_labels, pad_token_id=pad_token_id)
+
+
 def tiny_transformer(vocab_size: int, num_labels: int = 2, hidden_size: int = 256,
                      num_layers: int = 4, num_heads: int = 4, intermediate_size: Optional[int] = None,
                      max_position_embeddings: int = 512, dropout: float = 0.1,
@@ -169,20 +186,14 @@ def tiny_transformer(vocab_size: int, num_labels: int = 2, hidden_size: int = 25
     Being a real HF BERT, it shares parameter names with the teacher, which is what lets
     :mod:`ktlab.transfer.layers` initialise it from chosen teacher layers (use the teacher's
     ``hidden_size`` for that)."""
-    from transformers import BertConfig, BertForSequenceClassification, BertModel
+    from transformers import BertForSequenceClassification, BertModel
 
     if pooling not in ("cls", "mean"):
         raise ValueError(f"unknown pooling {pooling!r} for the tiny Transformer; use 'cls' or "
                          "'mean'")
 
-    if hidden_size % num_heads:
-        raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
-    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden_size,
-                        num_hidden_layers=num_layers, num_attention_heads=num_heads,
-                        intermediate_size=intermediate_size or 4 * hidden_size,
-                        max_position_embeddings=max_position_embeddings,
-                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                        num_labels=num_labels, pad_token_id=pad_token_id)
+    config = tiny_bert_config(vocab_size, num_labels, hidden_size, num_layers, num_heads,
+                              intermediate_size, max_position_embeddings, dropout, pad_token_id)
     if pooling == "mean":
         return MeanPoolClassifier(BertModel(config), num_labels, dropout)
     return BertForSequenceClassification(config)
@@ -339,16 +350,10 @@ def tiny_transformer_tagger(vocab_size: int, num_labels: int = 9, hidden_size: i
                             max_position_embeddings: int = 512, dropout: float = 0.1,
                             pad_token_id: int = 0) -> nn.Module:
     """A small randomly initialised ``BertForTokenClassification`` (same names as the teacher)."""
-    from transformers import BertConfig, BertForTokenClassification
+    from transformers import BertForTokenClassification
 
-    if hidden_size % num_heads:
-        raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
-    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden_size,
-                        num_hidden_layers=num_layers, num_attention_heads=num_heads,
-                        intermediate_size=intermediate_size or 4 * hidden_size,
-                        max_position_embeddings=max_position_embeddings,
-                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                        num_labels=num_labels, pad_token_id=pad_token_id)
+    config = tiny_bert_config(vocab_size, num_labels, hidden_size, num_layers, num_heads,
+                              intermediate_size, max_position_embeddings, dropout, pad_token_id)
     return BertForTokenClassification(config)
 
 
