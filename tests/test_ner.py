@@ -174,7 +174,44 @@ def test_second_run_reuses_the_cached_teacher(tiny_run):
     assert [r["name"] for r in again["students"]] == ["bilstm/hard"]
 
 
+def test_pca_condition_frozen_teacher_embeddings_and_reused_teacher(tiny_run):
+    """``kd+crf+pca`` starts the BiLSTM from the teacher's table; a student-only change (more
+    epochs) reuses the cached teacher; the frozen teacher's table equals the pre-trained one."""
+    import dataclasses
+    from ktlab.models import load_teacher
+    out, first = tiny_run
+    sizes = dataclasses.replace(TINY, teacher_freeze_embeddings=True,
+                                student_kwargs={"bilstm": {"embed_dim": 32, "hidden_size": 16}})
+    logs: list[str] = []
+    frozen = ner.run("quick", teacher="minilm", students="bilstm", out_dir=out, seed=0,
+                     sizes=sizes, plots=False, conditions={"bilstm": ("kd+crf+pca",)},
+                     log=logs.append)
+    assert not any("loaded from cache" in line for line in logs)   # teacher setting changed
+    cache = sorted((out / "cache").glob("teacher-*.pt"), key=lambda p: p.stat().st_mtime)[-1]
+    state = torch.load(cache, map_location="cpu", weights_only=False)["state"]
+    pretrained = load_teacher("minilm", task="base").get_input_embeddings().weight
+    assert torch.equal(state["bert.embeddings.word_embeddings.weight"], pretrained)
+    rec = frozen["students"][0]
+    assert rec["name"] == "bilstm/kd+crf+pca" and rec["test"]["repaired_tags"] == 0
+    assert rec["params"] < first["students"][0]["params"]           # the 32-d student_kwargs
+    logs.clear()
+    longer = dataclasses.replace(sizes, student_epochs=2)
+    ner.run("quick", teacher="minilm", students="bilstm", out_dir=out, seed=0, sizes=longer,
+            plots=False, conditions={"bilstm": ("hard",)}, log=logs.append)
+    assert any("loaded from cache" in line for line in logs)
+
+
+def test_profile_sizes_and_conditions():
+    assert ner.PROFILE_SIZES["quick"].kwargs_for("bilstm")["embed_dim"] == 128
+    assert ner.PROFILE_SIZES["bench"].kwargs_for("bilstm") == ner.STUDENT_KWARGS["bilstm"]
+    for conds in [ner.CONDITIONS, *ner.PROFILE_CONDITIONS.values()]:
+        assert set(c for cs in conds.values() for c in cs) <= set(ner.ALL_CONDITIONS)
+        assert not any(c.endswith("+pca") for c in conds.get("tiny", ()))
+
+
 def test_bad_input_errors_clearly(tmp_path, capsys):
+    with pytest.raises(ner.ConfigError, match="has no nn.Embedding.*--students bilstm"):
+        ner.run("quick", students="tiny", out_dir=tmp_path, conditions={"tiny": ("kd+crf+pca",)})
     with pytest.raises(ner.ConfigError, match=r"unknown student\(s\) 'cnn'.*bilstm, tiny"):
         ner.run("quick", students="bilstm,cnn", out_dir=tmp_path)
     with pytest.raises(ner.ConfigError, match="unknown condition"):

@@ -47,7 +47,8 @@ def _ner_args(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated taggers to train (default: {','.join(STUDENTS)})")
     parser.add_argument("--conditions", default=None,
                         help="comma-separated conditions for every student, from "
-                             f"{','.join(ALL_CONDITIONS)} (default: hard,kd,kd+crf)")
+                             f"{','.join(ALL_CONDITIONS)} (default: the profile's; +pca needs "
+                             "--students bilstm)")
 
 
 def _run_ner(args: argparse.Namespace) -> int:
@@ -119,7 +120,8 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
                              "bench (CPU, full training sets)")
     parser.add_argument("--teacher", default=None,
                         help="teacher: 'minilm' (offline), a Hugging Face name or a local folder "
-                             "(default: minilm for quick/bench, bert-base-uncased for full)")
+                             "(default: minilm for quick/bench; for full bert-base-uncased, "
+                             "bert-base-cased for ner)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/NAME-PROFILE)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     parser.add_argument("--no-cache", action="store_true",

@@ -68,9 +68,11 @@ PROFILE_SIZES = {
     "full": MultitaskSizes(sst2_train=None, conll_train=None, eval_per_task=None,
                            encoder_layers=None, steps_per_task=3000, seeds=(0, 1, 2),
                            batch_size=32, max_length=128, lr=3e-5),
-    # CPU: SST-2 subsampled to 20,000 sentences, CoNLL train complete; 3 seeds (see README)
+    # CPU, < 100 min on 2 shared cores: SST-2 subsampled to 20,000 sentences, CoNLL train
+    # complete; 300 steps x 16 sentences per task (each model sees 4,800 sentences per task);
+    # 1,000 evaluation sentences per task; 3 seeds (see README)
     "bench": MultitaskSizes(sst2_train=20000, conll_train=None, eval_per_task=1000,
-                            encoder_layers=2, steps_per_task=400, seeds=(0, 1, 2),
+                            encoder_layers=2, steps_per_task=300, seeds=(0, 1, 2), lr=2e-4,
                             freeze_embeddings=True),
 }
 
