@@ -35,7 +35,7 @@ run: $(STAMP)
 	$(BIN)/ktlab run sentiment --profile quick
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests notebooks solutions $(NBVAL_FLAGS)
+	$(BIN)/python -m pytest -q tests notebooks solutions $(NBVAL_FLAGS) --junitxml=runs/pytest-report.xml
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests
