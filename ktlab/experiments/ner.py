@@ -121,7 +121,7 @@ PROFILE_SIZES = {
     # notebook 05: the quick recipe trimmed to fit 180 s with the data tour around it
     "notebook": NerSizes(teacher_train=1000, student_train=1000, dev=300, test=300,
                          max_length=96, teacher_epochs=1, student_epochs=4,
-                         teacher_batch_size=8, teacher_lr=3e-4, teacher_evals=1,
+                         teacher_batch_size=8, teacher_lr=3e-4, teacher_evals=3,
                          teacher_freeze_embeddings=True, student_kwargs=SMALL_STUDENTS,
                          speed_sentences=128, latency_sentences=32),
     # unit tests: a few dozen sentences, one or two optimiser steps
@@ -663,6 +663,7 @@ def plot_errors(results: dict) -> Any:
 def plot_tradeoff(results: dict) -> Any:
     """Test F1 against parameters and against batch-1 latency (log axes)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     markers = {"teacher": "*", "bilstm": "o", "tiny": "^"}
     for ax, key, label in ((axes[0], "params", "parameters (millions, log)"),
@@ -674,6 +675,8 @@ def plot_tradeoff(results: dict) -> Any:
             ax.annotate(_short(results, r), (x, r["test_f1"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))   # 2, 5, 10 rather than 2x10^0
+        ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
         ax.set_xlabel(label)
         ax.set_ylabel("test entity F1 (%)")
         ax.grid(alpha=0.3)
@@ -692,9 +695,12 @@ def plot_teacher_curve(results: dict) -> Any:
     ax2 = ax.twinx()
     ax2.plot(h["eval_step"], h["eval_f1"], "o-", color="tab:red", label="dev F1 (first sub-token)")
     ax2.set_ylabel("dev entity F1 (%)")
+    ax2.set_ylim(0, 100)
     ax.set_title(f"Teacher fine-tuning on CoNLL-2003 ({results['teacher_name']}, "
                  f"{results['profile']})")
-    fig.legend(loc="center right", fontsize=8)
+    lines = ax.get_legend_handles_labels(), ax2.get_legend_handles_labels()
+    ax.legend(lines[0][0] + lines[1][0], lines[0][1] + lines[1][1], loc="center right",
+              fontsize=8)
     return fig
 
 
