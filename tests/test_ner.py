@@ -267,3 +267,16 @@ def test_an_unreachable_teacher_is_a_clear_cli_error(tmp_path, capsys):
     missing.mkdir()   # a folder without config.json: refused before any data is read
     assert main(["run", "ner", "--teacher", str(missing), "--out", str(tmp_path / "o")]) == 2
     assert "not a Hugging Face model folder" in capsys.readouterr().err
+
+
+def test_cli_threads_reach_torch(monkeypatch, tmp_path):
+    """``ktlab run ner --threads 1`` must set torch's thread count before the run starts."""
+    from ktlab.cli import main
+    seen = {}
+    monkeypatch.setattr(ner, "run", lambda **kw: seen.setdefault("threads", torch.get_num_threads()))
+    before = torch.get_num_threads()
+    try:
+        assert main(["run", "ner", "--threads", "1", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert seen["threads"] == 1

@@ -55,6 +55,9 @@ def _run_ner(args: argparse.Namespace) -> int:
     from ktlab.experiments import ner
     from ktlab.models import TeacherNotFoundError
     out = args.out or f"runs/ner-{args.profile or 'quick'}"
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     try:
         students = ner.parse_students(args.students)
         conds = ner.parse_conditions(args.conditions)
