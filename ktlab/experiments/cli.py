@@ -34,7 +34,7 @@ def _run_sentiment(args: argparse.Namespace) -> int:
     try:
         sentiment.run(profile=args.profile, teacher=args.teacher, students=args.students,
                       out_dir=out, seed=args.seed, use_cache=not args.no_cache,
-                      progress=args.progress, threads=args.threads)
+                      progress=args.progress)
     except sentiment.ConfigError as err:
         print(f"ktlab run sentiment: error: {err}", file=sys.stderr)
         return 2
@@ -55,9 +55,6 @@ def _run_ner(args: argparse.Namespace) -> int:
     from ktlab.experiments import ner
     from ktlab.models import TeacherNotFoundError
     out = args.out or f"runs/ner-{args.profile or 'quick'}"
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
     try:
         students = ner.parse_students(args.students)
         conds = ner.parse_conditions(args.conditions)
@@ -85,9 +82,6 @@ def _multitask_args(parser: argparse.ArgumentParser) -> None:
 def _run_multitask(args: argparse.Namespace) -> int:
     from ktlab.experiments import multitask
     out = args.out or f"runs/multitask-{args.profile or 'quick'}"
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
     try:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else (
             [args.seed] if args.seed is not None else None)
@@ -117,6 +111,16 @@ EXPERIMENTS = [
 ]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=PROFILES, default=None,
                         help="quick (2 CPU cores, minutes; default), full (GPU, all data), "
@@ -130,9 +134,21 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true",
                         help="retrain the teacher and recompute its logits even if cached")
     parser.add_argument("--progress", action="store_true", help="show tqdm progress bars")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=_positive_int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is faster on a "
                              "machine shared with other jobs)")
+
+
+def _with_common_settings(run: Callable[[argparse.Namespace], int]
+                          ) -> Callable[[argparse.Namespace], int]:
+    """Apply the options every experiment shares (``--threads``) before its own handler runs,
+    so no handler can forget them."""
+    def run_with_settings(args: argparse.Namespace) -> int:
+        if args.threads:
+            import torch
+            torch.set_num_threads(args.threads)
+        return run(args)
+    return run_with_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -146,5 +162,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser = exp_sub.add_parser(exp.name, help=exp.help, description=exp.help)
         _common_args(parser)
         exp.add_arguments(parser)
-        parser.set_defaults(func=exp.run)
+        parser.set_defaults(func=_with_common_settings(exp.run))
     run.set_defaults(func=lambda args: (run.print_help(), 2)[1])

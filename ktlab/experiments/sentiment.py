@@ -307,11 +307,10 @@ def _tiny_from_teacher(teacher: torch.nn.Module, vocab_size: int, pad_token_id: 
     :func:`ktlab.transfer.layers.init_student_from_teacher`, plus the fine-tuned pooler and
     classifier (and the teacher's pooling), so it starts as a (damaged) copy of the teacher
     rather than from noise."""
-    from ktlab.nn.students import tiny_transformer
+    from ktlab.nn.students import MeanPoolClassifier, tiny_transformer
     from ktlab.transfer.layers import init_student_from_teacher
     tc = teacher.config
     n_layers = max(1, min(TINY_INIT_LAYERS, tc.num_hidden_layers))
-    from ktlab.nn.students import MeanPoolClassifier
     student = tiny_transformer(vocab_size, num_labels, hidden_size=tc.hidden_size,
                                num_layers=n_layers, num_heads=tc.num_attention_heads,
                                intermediate_size=tc.intermediate_size,
@@ -393,12 +392,11 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
         f"augmented {len(augmented)}, dev {len(dev_s)} ({timings['data']:.0f} s)")
 
     # --- teacher: fine-tune (or load from cache) -------------------------------------------
+    pooling = TEACHER_POOLING.get(cfg.teacher, "cls")
     key = _cache_key(teacher=cfg.teacher, seed=cfg.seed, sizes=dataclasses.asdict(sizes),
-                     schema=SCHEMA, pooling=TEACHER_POOLING.get(cfg.teacher, "cls"),
-                     head_lr_scale=HEAD_LR_SCALE)
+                     schema=SCHEMA, pooling=pooling, head_lr_scale=HEAD_LR_SCALE)
     teacher_file = out / "cache" / f"teacher-{key}.pt"
     kconfig.seed_everything(cfg.seed)
-    pooling = TEACHER_POOLING.get(cfg.teacher, "cls")
     if pooling == "mean":
         from ktlab.nn.students import MeanPoolClassifier
         teacher_model = MeanPoolClassifier(load_teacher(cfg.teacher, seed=cfg.seed), 2)
@@ -500,7 +498,7 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
 
     results = {
         "schema": SCHEMA, "profile": cfg.profile, "teacher_name": cfg.teacher, "seed": cfg.seed,
-        "teacher_pooling": TEACHER_POOLING.get(cfg.teacher, "cls"), "head_lr_scale": HEAD_LR_SCALE,
+        "teacher_pooling": pooling, "head_lr_scale": HEAD_LR_SCALE,
         "sizes": dataclasses.asdict(sizes), "students_requested": names,
         "machine": describe_machine(), "started_utc": time.strftime(
             "%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
