@@ -73,6 +73,7 @@ class TrainConfig:
     progress: bool = True                  #: tqdm.auto bars
     load_best_at_end: bool = True          #: restore the best weights after fit()
     num_workers: int = 0
+    length_bucketing: bool = False         #: batches of similar lengths (less padding on CPU)
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -196,14 +197,27 @@ def model_inputs(model: nn.Module, batch: dict) -> dict:
 
 
 def default_loss(model: nn.Module, batch: dict) -> torch.Tensor:
-    """``model(**batch).loss`` after dropping keys the model does not accept."""
+    """``model(**batch).loss`` after dropping keys the model does not accept.
+
+    Models that return bare logits (ktlab's BiLSTM/CNN students and taggers) get cross-entropy
+    on those logits against ``batch["labels"]`` (token-level logits flattened, -100 ignored),
+    so every ktlab model trains with the default loss."""
     out = model(**model_inputs(model, batch))
     loss = getattr(out, "loss", None) if hasattr(out, "loss") else (
         out.get("loss") if isinstance(out, dict) else None)
-    if loss is None:
+    if loss is not None:
+        return loss
+    labels = batch.get("labels")
+    if labels is None:
         raise ValueError("the model returned no loss: the batch needs 'labels', or pass "
                          "loss_fn=(model, batch) -> loss to the Trainer")
-    return loss
+    logits = logits_of(out)
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match labels "
+                         f"{tuple(labels.shape)}: expected labels of shape "
+                         f"{tuple(logits.shape[:-1])}; pass loss_fn= for another loss")
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                       labels.reshape(-1).long(), ignore_index=-100)
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -297,6 +311,38 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.length
 
 
+class LengthBucketSampler(EpochSampler):
+    """Shuffled order in which each batch holds items of similar length (less padding).
+
+    Per ``(seed, epoch)``: a random permutation is cut into pools of ``pool_batches`` batches,
+    each pool is sorted by length and cut into batches, and the batches are shuffled. The
+    DataLoader's own batching then cuts exactly these batches (the one short batch stays last).
+    Like :class:`EpochSampler` it never touches the global RNG, so resume stays exact."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int,
+                 pool_batches: int = 50) -> None:
+        super().__init__(len(lengths), seed, shuffle=True)
+        self.lengths, self.batch_size, self.pool = list(lengths), batch_size, pool_batches
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.length, generator=gen).tolist()
+        size = self.batch_size * self.pool
+        batches = []
+        for start in range(0, self.length, size):
+            pool = sorted(order[start:start + size], key=self.lengths.__getitem__)
+            batches += [pool[i:i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        short = [b for b in batches if len(b) < self.batch_size]  # at most one
+        full = [b for b in batches if len(b) == self.batch_size]
+        full = [full[i] for i in torch.randperm(len(full), generator=gen).tolist()]
+        return iter([i for b in full + short for i in b])
+
+
+def item_lengths(dataset: Any) -> list[int]:
+    """Token counts of a dataset of ``{"input_ids": ...}`` items (for length bucketing)."""
+    return [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+
+
 # ----------------------------------------------------------------------------- the trainer
 
 class Trainer:
@@ -360,8 +406,11 @@ class Trainer:
             raise ValueError("no dataset given: pass train_dataset/eval_dataset to the Trainer")
         if len(dataset) == 0:
             raise ValueError("the dataset is empty; check the subset size or the split name")
-        sampler = EpochSampler(len(dataset), self.config.seed if sampler_seed is None
-                               else sampler_seed, shuffle=shuffle)
+        seed = self.config.seed if sampler_seed is None else sampler_seed
+        if shuffle and self.config.length_bucketing:
+            sampler: EpochSampler = LengthBucketSampler(item_lengths(dataset), batch_size, seed)
+        else:
+            sampler = EpochSampler(len(dataset), seed, shuffle=shuffle)
         return torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, collate_fn=self.collate_fn,
             num_workers=self.config.num_workers,

@@ -23,22 +23,52 @@ class Experiment:
 
 
 def _sentiment_args(parser: argparse.ArgumentParser) -> None:
-    from ktlab.experiments.sentiment import STUDENTS
-    parser.add_argument("--students", default=",".join(STUDENTS),
-                        help=f"comma-separated students to train (default: {','.join(STUDENTS)})")
+    from ktlab.experiments.classify import STUDENTS
+    parser.add_argument("--students", default=None,
+                        help=f"comma-separated students to train, from {','.join(STUDENTS)} "
+                             "(default: the profile's; bench: bilstm,cnn)")
+
+
+def _classify_args(parser: argparse.ArgumentParser) -> None:
+    _sentiment_args(parser)
+    parser.add_argument("--train", required=True,
+                        help="labelled training texts: a .tsv, .csv or .jsonl file (or a "
+                             "Hugging Face dataset name, hub:NAME[:CONFIG], when online)")
+    parser.add_argument("--dev", required=True, help="labelled dev texts, same format")
+    parser.add_argument("--text-column", default=None,
+                        help="column holding the text (default: sentence or text)")
+    parser.add_argument("--label-column", default=None, help="column holding the label "
+                                                             "(default: label)")
+    parser.add_argument("--encoding", default="utf-8", help="file encoding (default utf-8)")
+
+
+def _run_classification(args: argparse.Namespace, task: object, name: str) -> int:
+    from ktlab.experiments import classify
+    out = args.out or f"runs/{name}-{args.profile or 'quick'}"
+    try:
+        classify.run(profile=args.profile, teacher=args.teacher, students=args.students,
+                     out_dir=out, seed=args.seed, task=task, use_cache=not args.no_cache,
+                     progress=args.progress, max_examples=args.max_examples,
+                     max_steps=args.max_steps)
+    except classify.ConfigError as err:
+        print(f"ktlab run {name}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _run_sentiment(args: argparse.Namespace) -> int:
-    from ktlab.experiments import sentiment
-    out = args.out or f"runs/sentiment-{args.profile or 'quick'}"
+    return _run_classification(args, None, "sentiment")
+
+
+def _run_classify(args: argparse.Namespace) -> int:
+    from ktlab.data.labelled import DataFormatError, load_classification_task
     try:
-        sentiment.run(profile=args.profile, teacher=args.teacher, students=args.students,
-                      out_dir=out, seed=args.seed, use_cache=not args.no_cache,
-                      progress=args.progress)
-    except sentiment.ConfigError as err:
-        print(f"ktlab run sentiment: error: {err}", file=sys.stderr)
+        task = load_classification_task(args.train, args.dev, args.text_column,
+                                        args.label_column, args.encoding)
+    except DataFormatError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return _run_classification(args, task, "classify")
 
 
 def _ner_args(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +90,8 @@ def _run_ner(args: argparse.Namespace) -> int:
         conds = ner.parse_conditions(args.conditions)
         ner.run(profile=args.profile, teacher=args.teacher, students=students, out_dir=out,
                 seed=args.seed, conditions={s: conds for s in students} if conds else None,
-                use_cache=not args.no_cache, progress=args.progress)
+                use_cache=not args.no_cache, progress=args.progress,
+                max_examples=args.max_examples, max_steps=args.max_steps)
     except (ner.ConfigError, TeacherNotFoundError) as err:
         print(f"ktlab run ner: error: {err}", file=sys.stderr)
         return 2
@@ -89,7 +120,8 @@ def _run_multitask(args: argparse.Namespace) -> int:
                                 tasks=[t for t in args.tasks.split(",") if t],
                                 samplers=[s for s in args.samplers.split(",") if s],
                                 out_dir=out, seeds=seeds, distill=not args.no_distill,
-                                progress=args.progress)
+                                progress=args.progress, max_examples=args.max_examples,
+                                max_steps=args.max_steps)
     except (multitask.ConfigError, ValueError) as err:
         print(f"ktlab run multitask: error: {err}", file=sys.stderr)
         return 2
@@ -102,6 +134,9 @@ EXPERIMENTS = [
     Experiment("sentiment", "SST-2: fine-tune a teacher, distil it into BiLSTM/CNN/tiny "
                "Transformer students, measure accuracy, size and speed",
                _sentiment_args, _run_sentiment),
+    Experiment("classify", "your own labelled texts (--train/--dev TSV, CSV or JSONL): the "
+               "same teacher -> student transfer as sentiment, any number of classes",
+               _classify_args, _run_classify),
     Experiment("ner", "CoNLL-2003 NER: fine-tune a teacher, distil it token by token into "
                "BiLSTM(-CRF) and tiny-Transformer taggers, measure entity F1, size and speed",
                _ner_args, _run_ner),
@@ -137,6 +172,16 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is faster on a "
                              "machine shared with other jobs)")
+    parser.add_argument("--max-examples", type=_positive_int, default=None, metavar="N",
+                        help="cap every data split (training, dev, test, transfer sets, timed "
+                             "sentences) at N sentences: a smoke test of a profile on a small "
+                             "machine (default: the profile's sizes; results.json records the "
+                             "caps under 'capped')")
+    parser.add_argument("--max-steps", type=_positive_int, default=None, metavar="N",
+                        help="cap every training run (the teacher and each student/model) at N "
+                             "optimiser steps; multitask caps the steps per task, so a "
+                             "multi-task model keeps the budget of its single-task baselines "
+                             "together (default: the profile's sizes)")
 
 
 def _with_common_settings(run: Callable[[argparse.Namespace], int]

@@ -11,7 +11,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +39,23 @@ def time_calls(fn: Callable[[Any], Any], batches: Sequence[Any], singles: Sequen
     return {"throughput_sps": sentences / seconds,
             "latency_ms": 1000 * float(np.median(times)),
             "latency_p90_ms": 1000 * float(np.percentile(times, 90))}
+
+
+def capped(value: Optional[int], limit: Optional[int]) -> Optional[int]:
+    """``value`` cut to at most ``limit``; ``None`` means unbounded on either side (a size of
+    ``None`` is a whole split, a limit of ``None`` is no cap). For ``--max-examples`` and
+    ``--max-steps``, which shrink a profile's sizes without touching anything else."""
+    if limit is None:
+        return value
+    return limit if value is None else min(value, limit)
+
+
+def caps_record(max_examples: Optional[int], max_steps: Optional[int]) -> Optional[dict]:
+    """What ``results.json`` says under ``"capped"``: ``None`` for a run at the profile's sizes,
+    else the caps, so a smoke run can never pass for a real one."""
+    if max_examples is None and max_steps is None:
+        return None
+    return {"max_examples": max_examples, "max_steps": max_steps}
 
 
 def history_dict(history: Any, metric: str, scale: float = 1.0) -> dict:

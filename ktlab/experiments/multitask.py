@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ktlab import config as kconfig
-from ktlab.experiments.common import describe_machine
+from ktlab.experiments.common import caps_record, capped, describe_machine
 
 SCHEMA = "ktlab.multitask/1"
 TASKS = ("sst2", "ner", "pos", "chunk")
@@ -75,6 +75,26 @@ PROFILE_SIZES = {
                             encoder_layers=2, steps_per_task=300, seeds=(0, 1, 2), lr=2e-4,
                             freeze_embeddings=True),
 }
+
+
+def cap_sizes(sizes: MultitaskSizes, max_examples: Optional[int] = None,
+              max_steps: Optional[int] = None) -> MultitaskSizes:
+    """``sizes`` with every split (SST-2 and CoNLL training sets, which the distillation cache
+    reuses, and each task's evaluation set) cut to at most ``max_examples`` sentences and
+    ``steps_per_task`` to at most ``max_steps``; ``None`` leaves a size alone.
+
+    A single-task model trains ``steps_per_task`` steps, so at most ``max_steps``; a multi-task
+    model keeps its budget of ``steps_per_task x n_tasks`` (all its single-task baselines
+    together), the comparison the experiment is about. For smoke runs of a profile on a small
+    machine (``ktlab run multitask --profile full --max-examples 24 --max-steps 2``)."""
+    for name, value in (("max_examples", max_examples), ("max_steps", max_steps)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    n = max_examples
+    return dataclasses.replace(sizes, sst2_train=capped(sizes.sst2_train, n),
+                               conll_train=capped(sizes.conll_train, n),
+                               eval_per_task=capped(sizes.eval_per_task, n),
+                               steps_per_task=capped(sizes.steps_per_task, max_steps))
 
 
 # ----------------------------------------------------------------------------- data
@@ -205,8 +225,12 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
         tasks: Sequence[str] = TASKS, samplers: Sequence[str] = SAMPLERS,
         out_dir: Optional[str | Path] = None, seeds: Optional[Sequence[int]] = None,
         sizes: Optional[MultitaskSizes] = None, distill: bool = True,
-        progress: bool = False) -> dict:
-    """Run the whole experiment and return the results dict (also written to ``out_dir``)."""
+        progress: bool = False, max_examples: Optional[int] = None,
+        max_steps: Optional[int] = None) -> dict:
+    """Run the whole experiment and return the results dict (also written to ``out_dir``).
+
+    ``sizes`` overrides the profile's :class:`MultitaskSizes`; ``max_examples`` and ``max_steps``
+    cap them (:func:`cap_sizes`; ``results["capped"]`` records the caps)."""
     from ktlab.models import load_teacher, load_tokenizer
     from ktlab.transfer.multitask import (MultiTaskModel, TaskSampler, evaluate_tasks,
                                           task_probabilities, train_multitask)
@@ -215,7 +239,7 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
     from ktlab.data import PadCollator
 
     cfg = kconfig.load(profile, teacher=teacher, verbose=False)
-    sizes = sizes or PROFILE_SIZES[cfg.profile]
+    sizes = cap_sizes(sizes or PROFILE_SIZES[cfg.profile], max_examples, max_steps)
     tasks = list(tasks)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
@@ -283,7 +307,8 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
 
     results = {
         "schema": SCHEMA, "profile": cfg.profile, "teacher": cfg.teacher,
-        "sizes": dataclasses.asdict(sizes), "tasks": tasks, "samplers": list(samplers),
+        "sizes": dataclasses.asdict(sizes), "capped": caps_record(max_examples, max_steps),
+        "tasks": tasks, "samplers": list(samplers),
         "seeds": list(seeds), "train_sizes": train_sizes,
         "sampling_probabilities": {s: task_probabilities(train_sizes, s, sizes.temperature)
                                    for s in samplers},

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from ktlab import config as kconfig
 from ktlab.data.conll import ENTITY_TYPES, NER_LABELS
-from ktlab.experiments.common import describe_machine
+from ktlab.experiments.common import caps_record, capped, describe_machine
 from ktlab.experiments.sentiment import ConfigError, _cache_key, count_params
 
 SCHEMA = "ktlab.ner/1"
@@ -136,6 +136,27 @@ STUDENT_KWARGS = {
     "tiny": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
 }
 STUDENT_LR = {"bilstm": 3e-3, "tiny": 5e-4}
+
+
+def cap_sizes(sizes: NerSizes, max_examples: Optional[int] = None,
+              max_steps: Optional[int] = None) -> NerSizes:
+    """``sizes`` with every split (teacher and student training sets, dev, test, the sentences
+    timed for speed) cut to at most ``max_examples`` sentences and every training run (teacher
+    and each student) to at most ``max_steps`` optimiser steps; ``None`` leaves a size alone.
+
+    For smoke runs of a profile on a small machine (``ktlab run ner --profile full
+    --max-examples 24 --max-steps 2``): the profile's recipe, teacher and model sizes stay."""
+    for name, value in (("max_examples", max_examples), ("max_steps", max_steps)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    n, steps = max_examples, max_steps
+    return dataclasses.replace(
+        sizes, teacher_train=capped(sizes.teacher_train, n),
+        student_train=capped(sizes.student_train, n), dev=capped(sizes.dev, n),
+        test=capped(sizes.test, n), speed_sentences=capped(sizes.speed_sentences, n),
+        latency_sentences=capped(sizes.latency_sentences, n),
+        teacher_max_steps=capped(sizes.teacher_max_steps, steps),
+        student_max_steps=capped(sizes.student_max_steps, steps))
 
 
 def parse_students(spec: str | Sequence[str]) -> list[str]:
@@ -390,17 +411,41 @@ def evaluate_model(model: torch.nn.Module, name: str, student: str, condition: s
             "test_predictions": [[NER_LABELS.index(t) for t in s] for s in test_pred]}
 
 
+def _check_pca_width(teacher: str, conditions: dict[str, Sequence[str]],
+                     sizes: NerSizes) -> None:
+    """Refuse ``+pca`` for a student whose ``embed_dim`` is wider than the teacher's word
+    embeddings (PCA cannot widen them) from the teacher's config alone: before the data is read
+    and the teacher fine-tuned, not when the student's turn comes."""
+    wanted = [s for s, conds in conditions.items() if any(c.endswith("+pca") for c in conds)]
+    if not wanted:
+        return
+    from transformers import AutoConfig
+
+    from ktlab.models import resolve_teacher
+    config = AutoConfig.from_pretrained(resolve_teacher(teacher))
+    width = getattr(config, "embedding_size", None) or config.hidden_size
+    for student in wanted:
+        dim = sizes.kwargs_for(student).get("embed_dim", 0)
+        if dim > width:
+            raise ConfigError(f"{student}/+pca projects the teacher's {width}-d word embeddings "
+                              f"onto the student's {dim}-d ones, which cannot be wider: drop "
+                              "the +pca condition (--conditions) or use a teacher whose "
+                              f"embeddings have at least {dim} dimensions")
+
+
 def run(profile: Optional[str] = None, teacher: Optional[str] = None,
         students: str | Sequence[str] = STUDENTS, out_dir: str | Path = "runs/ner",
         seed: Optional[int] = None, sizes: Optional[NerSizes] = None,
         conditions: Optional[dict[str, Sequence[str]]] = None, use_cache: bool = True,
         plots: bool = True, progress: bool = False,
-        log: Callable[[str], None] = print) -> dict:
+        log: Callable[[str], None] = print, max_examples: Optional[int] = None,
+        max_steps: Optional[int] = None) -> dict:
     """Run the whole experiment; returns the results dict (also written to ``out_dir``).
 
     ``sizes`` overrides the profile's :class:`NerSizes` (``PROFILE_SIZES["tiny"]`` in tests,
     ``["notebook"]`` in notebook 05); ``conditions`` maps a student to the conditions it trains
-    under (default :data:`CONDITIONS`; any of :data:`ALL_CONDITIONS`)."""
+    under (default :data:`CONDITIONS`; any of :data:`ALL_CONDITIONS`). ``max_examples`` and
+    ``max_steps`` cap those sizes (:func:`cap_sizes`; ``results["capped"]`` records them)."""
     from ktlab.models import load_teacher, load_tokenizer
     from ktlab.nn.students import build_tagger
 
@@ -410,7 +455,7 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
         raise ConfigError(f"unknown profile {profile!r}; choose one of {kconfig.PROFILES}")
     teacher = teacher or os.environ.get("KTLAB_TEACHER") or DEFAULT_TEACHER[profile]
     cfg = kconfig.load(profile, teacher=teacher, seed=seed, verbose=False)
-    sizes = sizes or PROFILE_SIZES[cfg.profile]
+    sizes = cap_sizes(sizes or PROFILE_SIZES[cfg.profile], max_examples, max_steps)
     conditions = {**CONDITIONS, **PROFILE_CONDITIONS.get(cfg.profile, {}),
                   **{k: tuple(v) for k, v in (conditions or {}).items()}}
     for student, conds in conditions.items():
@@ -422,6 +467,7 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
             raise ConfigError(f"{student!r} has no nn.Embedding to initialise with PCA; "
                               f"+pca conditions work for {', '.join(PCA_STUDENTS)} only (e.g. "
                               "--students bilstm --conditions kd+crf+pca)")
+    _check_pca_width(cfg.teacher, {s: conditions[s] for s in names}, sizes)
     out = Path(out_dir)
     (out / "cache").mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
@@ -536,7 +582,8 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
 
     results = {
         "schema": SCHEMA, "profile": cfg.profile, "teacher_name": cfg.teacher, "seed": cfg.seed,
-        "sizes": dataclasses.asdict(sizes), "students_requested": names,
+        "sizes": dataclasses.asdict(sizes), "capped": caps_record(max_examples, max_steps),
+        "students_requested": names,
         "labels": NER_LABELS, "machine": describe_machine(),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "wall_seconds": round(time.time() - started, 1),

@@ -130,7 +130,8 @@ class MeanPoolClassifier(nn.Module):
     ``BertForSequenceClassification`` classifies) was never trained for that and needs many more
     steps to become useful. Parameter names follow HF (``bert.``, ``classifier.``), so
     :mod:`ktlab.transfer.layers` maps layers between two such models. Returns an HF
-    ``SequenceClassifierOutput`` (``.logits``, and ``.loss`` when ``labels`` are given)."""
+    ``SequenceClassifierOutput`` (``.logits``, ``.loss`` when ``labels`` are given, and the
+    encoder's ``hidden_states``/``attentions`` when asked for, so it can teach layer by layer)."""
 
     base_model_prefix = "bert"
 
@@ -146,17 +147,25 @@ class MeanPoolClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 token_type_ids: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None) -> Any:
+                labels: Optional[torch.Tensor] = None, output_hidden_states: bool = False,
+                output_attentions: bool = False) -> Any:
         from transformers.modeling_outputs import SequenceClassifierOutput
         if attention_mask is None:
             attention_mask = (input_ids != (self.config.pad_token_id or 0)).long()
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                           token_type_ids=token_type_ids).last_hidden_state
+        # the output_* flags reach the encoder only when set: not every encoder takes them
+        flags = {k: True for k, on in (("output_hidden_states", output_hidden_states),
+                                       ("output_attentions", output_attentions)) if on}
+        enc = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                        token_type_ids=token_type_ids, **flags)
+        hidden = enc.last_hidden_state
         mask = attention_mask[:, :, None].to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         logits = self.classifier(self.dropout(pooled))
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits,
+            hidden_states=getattr(enc, "hidden_states", None) if output_hidden_states else None,
+            attentions=getattr(enc, "attentions", None) if output_attentions else None)
 
 
 def tiny_bert_config(vocab_size: int, num_labels: int, hidden_size: int, num_layers: int,
@@ -381,10 +390,12 @@ def word_view(logits: torch.Tensor, labels: torch.Tensor
 class CRFTagger(nn.Module):
     """Any emission model with a :class:`ktlab.nn.crf.CRF` over its *word* positions.
 
-    ``forward`` returns the encoder's emissions unchanged (so distillation losses and the Trainer
-    see ordinary logits); :meth:`nll` is the CRF loss and :meth:`decode` Viterbi, both on
-    :func:`word_view`. With ``labels`` (the IOB2 tag names) the CRF starts with invalid
-    transitions (``O -> I-PER``) scored ``-1e4``, so Viterbi never outputs them."""
+    ``forward`` returns the encoder's emissions unchanged (so distillation losses see ordinary
+    logits); given ``labels`` it returns a ``TokenClassifierOutput`` whose ``.loss`` is
+    :meth:`nll`, so the Trainer's default loss trains the CRF too. :meth:`nll` is the CRF loss
+    and :meth:`decode` Viterbi, both on :func:`word_view`. With ``labels`` (the IOB2 tag names)
+    the CRF starts with invalid transitions (``O -> I-PER``) scored ``-1e4``, so Viterbi never
+    outputs them."""
 
     def __init__(self, encoder: nn.Module, num_tags: int,
                  labels: Optional[Sequence[str]] = None):
@@ -404,12 +415,17 @@ class CRFTagger(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 token_type_ids: Optional[torch.Tensor] = None,
-                case_ids: Optional[torch.Tensor] = None, **_: Any) -> torch.Tensor:
+                case_ids: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
+                **_: Any) -> Any:
         from ktlab.train import model_inputs
         batch = {"input_ids": input_ids, "attention_mask": attention_mask,
                  "token_type_ids": token_type_ids, "case_ids": case_ids}
         inputs = {k: v for k, v in model_inputs(self.encoder, batch).items() if v is not None}
-        return logits_of(self.encoder(**inputs))
+        emissions = logits_of(self.encoder(**inputs))
+        if labels is None:
+            return emissions
+        from transformers.modeling_outputs import TokenClassifierOutput
+        return TokenClassifierOutput(loss=self.nll(emissions, labels), logits=emissions)
 
     def nll(self, emissions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """CRF negative log-likelihood per word (summed over sentences / number of words)."""

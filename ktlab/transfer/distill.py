@@ -211,6 +211,7 @@ class TeacherCache:
         self.teacher, self.hidden_states, self.attentions = teacher, hidden_states, attentions
         self.store: dict[bytes, dict[str, Any]] = {}
         self.teacher_calls = 0
+        self._flags = _output_flags(teacher, hidden_states=hidden_states, attentions=attentions)
 
     @torch.no_grad()
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -232,25 +233,65 @@ class TeacherCache:
         return out
 
     def _compute(self, batch: Mapping[str, torch.Tensor], rows: list[int], keys: list) -> None:
+        from ktlab.train import logits_of, model_inputs
         teacher = self.teacher
         was_training = teacher.training
         teacher.eval()
         device = next(teacher.parameters()).device
         sub = {k: batch[k][rows].to(device) for k in ("input_ids", "attention_mask",
                                                      "token_type_ids") if k in batch}
-        out = teacher(**sub, output_hidden_states=self.hidden_states,
-                      output_attentions=self.attentions)
+        out = teacher(**model_inputs(teacher, sub), **self._flags)
         self.teacher_calls += len(rows)
+        logits = logits_of(out)
+        hidden = _output_field(out, "hidden_states") if self.hidden_states else None
+        attentions = _output_field(out, "attentions") if self.attentions else None
         mask = sub.get("attention_mask", torch.ones_like(sub["input_ids"]))
         for j, i in enumerate(rows):
             n = int(mask[j].sum())  # keep only the real tokens (padding is batch-dependent)
-            entry = {"logits": _trim(out.logits[j], n)}
-            if self.hidden_states:
-                entry["hidden_states"] = [h[j, :n].cpu() for h in out.hidden_states]
-            if self.attentions:
-                entry["attentions"] = [a[j, :, :n, :n].cpu() for a in out.attentions]
+            entry = {"logits": _trim(logits[j], n)}
+            if hidden is not None:
+                entry["hidden_states"] = [h[j, :n].cpu() for h in hidden]
+            if attentions is not None:
+                entry["attentions"] = [a[j, :, :n, :n].cpu() for a in attentions]
             self.store[keys[i]] = entry
         teacher.train(was_training)
+
+
+def _accepts_keyword(model: nn.Module, name: str) -> bool:
+    """Whether ``model.forward`` takes ``name``: as a named input, or through ``**kwargs``
+    (Hugging Face models take ``output_hidden_states`` that way)."""
+    import inspect
+
+    from ktlab.train import model_inputs
+    if model_inputs(model, {name: True}):
+        return True
+    forward = getattr(model, "module", model).forward
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD
+               for p in inspect.signature(forward).parameters.values())
+
+
+def _output_flags(teacher: nn.Module, *, hidden_states: bool, attentions: bool) -> dict[str, bool]:
+    """The ``output_*`` keywords to pass: only those asked for, so a teacher without them (a
+    :class:`~ktlab.nn.students.BiLSTMClassifier`, a custom head) can still give its logits."""
+    flags = {name: True for name, wanted in (("output_hidden_states", hidden_states),
+                                             ("output_attentions", attentions)) if wanted}
+    refused = [name for name in flags if not _accepts_keyword(teacher, name)]
+    if refused:
+        raise TypeError(f"{type(teacher).__name__}.forward does not take {', '.join(refused)}; "
+                        "cache only its logits (TeacherCache(teacher)) or use a teacher that "
+                        "returns hidden states/attentions")
+    return flags
+
+
+def _output_field(out: Any, name: str) -> Sequence[torch.Tensor]:
+    """``out.hidden_states``/``out.attentions``, or a clear error when the teacher returned none
+    (a model that swallows unknown keywords; sdpa attention, which returns an empty tuple)."""
+    value = out.get(name) if isinstance(out, dict) else getattr(out, name, None)
+    if not value or any(v is None for v in value):
+        hint = (" (load it with load_teacher(..., attentions=True): sdpa returns no weights)"
+                if name == "attentions" else "")
+        raise ValueError(f"the teacher ({type(out).__name__} output) returned no {name}{hint}")
+    return value
 
 
 def _trim(logits: torch.Tensor, n: int) -> torch.Tensor:
