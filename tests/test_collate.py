@@ -41,6 +41,14 @@ def test_truncation_never_crashes_and_is_reported(tokenizer):
     assert len(restored) == 300 and restored[:14] == [5] * 14 and restored[-1] == -1
 
 
+def test_no_sentences_encode_to_no_items(tokenizer):
+    """An empty transfer set (augment_per_sentence=0) is a valid input, not an IndexError from
+    the fast tokenizer."""
+    report = TruncationReport()
+    assert encode_sentences(tokenizer, [], max_length=32, report=report) == []
+    assert report.total == 0
+
+
 def test_pad_collator_shapes_and_masks(tokenizer):
     items = encode_sentences(tokenizer, ["a fine film .", "bad"], max_length=64)
     items[0]["labels"], items[1]["labels"] = 1, 0

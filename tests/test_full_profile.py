@@ -113,6 +113,46 @@ def test_ner_full_profile(teacher_folder, tmp_path, restore_threads):
     assert bilstm["params"] > config.vocab_size * embed    # the full 300-d embedding table
 
 
+@pytest.mark.slow
+def test_sentiment_full_profile(teacher_folder, tmp_path, restore_threads):
+    from transformers import BertModel
+
+    from ktlab.experiments import classify
+
+    out = tmp_path / "sentiment"
+    results, _ = run_full("sentiment", teacher_folder, out)
+    assert results["teacher_name"] == str(teacher_folder) and results["complete"] is True
+    assert results["task"] == "sst2" and results["label_names"] == ["0", "1"]
+    # the full sizes table (all weights train, 128 tokens, 2 augmented copies), only the caps cut
+    full = classify.PROFILE_SIZES["full"]
+    assert results["sizes"] == _as_json(classify.cap_sizes(full, MAX_EXAMPLES, MAX_STEPS))
+    assert results["sizes"]["max_length"] == 128
+    assert results["sizes"]["teacher_freeze_embeddings"] is False
+    assert results["data"] == {**results["data"], "teacher_train": MAX_EXAMPLES,
+                               "student_train": MAX_EXAMPLES, "dev": MAX_EXAMPLES}
+    assert results["data"]["transfer_augmented"] > 0
+    # every default student under every condition: the full profile trims none
+    assert results["students_requested"] == list(classify.STUDENTS)
+    assert [r["name"] for r in results["students"]] == [
+        f"{s}/{c}" for s in classify.STUDENTS for c in classify.STUDENT_CONDITIONS[s]]
+    for rec in [results["teacher"]] + results["students"]:
+        assert rec["history"]["step"][-1] <= MAX_STEPS, rec["name"]
+        assert rec["throughput_sps"] > 0 and 0.0 <= rec["dev_accuracy"] <= 1.0
+        assert len(rec["dev_predictions"]) == MAX_EXAMPLES
+    assert len(results["dev"]["teacher_probs"]) == MAX_EXAMPLES
+    # a folder teacher classifies from [CLS] through HF's pooler head (only MiniLM mean-pools):
+    # the pooler is on the gradient path, so fine-tuning moved its weights
+    assert results["teacher_pooling"] == "cls"
+    tuned = torch.load(out / "cache" / results["cache_key"] / "teacher" / "model.pt",
+                       map_location="cpu", weights_only=False)["state"]
+    pretrained = BertModel.from_pretrained(teacher_folder).pooler.dense.weight
+    assert tuned["bert.pooler.dense.weight"].shape == pretrained.shape
+    assert not torch.equal(tuned["bert.pooler.dense.weight"], pretrained)
+    # the full-size BiLSTM: its own 300-d table, as large as the teacher's
+    bilstm = next(r for r in results["students"] if r["name"] == "bilstm/hard")
+    assert bilstm["params"] > tuned["bert.embeddings.word_embeddings.weight"].numel()
+
+
 def test_ner_refuses_pca_from_a_narrow_teacher_before_training(tmp_path, data_dir, capsys):
     """A teacher with 32-d embeddings cannot seed the full profile's 300-d BiLSTM table by PCA:
     the run stops on the teacher's config, not after fine-tuning it (hours on a GPU)."""

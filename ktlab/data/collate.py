@@ -29,6 +29,8 @@ class TruncationReport:
 def encode_sentences(tokenizer: Any, sentences: Sequence[str], max_length: int = 128,
                      report: Optional[TruncationReport] = None) -> list[dict]:
     """Tokenise sentences without padding (the collator pads per batch)."""
+    if not sentences:  # fast tokenizers raise IndexError on an empty batch
+        return []
     enc = tokenizer(list(sentences), truncation=False, add_special_tokens=True)
     out = []
     for ids, types in zip(enc["input_ids"], enc.get("token_type_ids", enc["input_ids"])):

@@ -61,17 +61,28 @@ def iob1_to_iob2(tags: list[str]) -> list[str]:
 
 
 def parse_conll_lines(lines: Iterable[str], source: str = "<lines>") -> dict[str, list]:
-    """Parse ``word POS chunk NER`` lines into column lists, one entry per sentence."""
+    """Parse ``word POS chunk NER`` lines into column lists, one entry per sentence.
+
+    A document is the run of sentences after a ``-DOCSTART-`` line; sentences before the first
+    marker form a document of their own. A document id is given when a document's first sentence
+    is read, so ids run 0..n-1 in file order and a marker with no sentences after it (one at the
+    end of the file, say) opens no document.
+    """
     rows = {name: [] for name in FEATURES}
     document = -1
+    new_document = True          # the start of the file opens a document, like a marker
     sentence: list[list[str]] = []
 
     def flush() -> None:
+        nonlocal document, new_document
         if not sentence:
             return
+        if new_document:
+            document += 1
+            new_document = False
         columns = list(zip(*sentence))
         rows["id"].append(str(len(rows["id"])))
-        rows["document_id"].append(max(document, 0))
+        rows["document_id"].append(document)
         rows["tokens"].append(list(columns[0]))
         rows["pos_tags"].append(list(columns[1]))
         rows["chunk_tags"].append(iob1_to_iob2(list(columns[2])))
@@ -85,7 +96,7 @@ def parse_conll_lines(lines: Iterable[str], source: str = "<lines>") -> dict[str
             continue
         if line.startswith("-DOCSTART-"):
             flush()
-            document += 1
+            new_document = True
             continue
         cols = line.split()
         if len(cols) != 4:
