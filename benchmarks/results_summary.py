@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {
-    "sentiment": ROOT / "results" / "sentiment_bench.json",
+    "sentiment": ROOT / "results" / "sentiment-bench" / "results.json",
     "ner": ROOT / "results" / "ner-bench" / "results.json",
     "multitask": ROOT / "results" / "multitask-bench" / "results.json",
 }

@@ -180,6 +180,25 @@ def parse_students(spec: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def default_students(profile: Optional[str]) -> tuple[str, ...]:
+    """The students a profile trains when none are named (the bench: BiLSTM and CNN)."""
+    return PROFILE_STUDENTS.get(kconfig.load(profile, verbose=False).profile, STUDENTS)
+
+
+def parse_conditions(spec: Optional[str], students: Sequence[str]
+                     ) -> Optional[dict[str, tuple[str, ...]]]:
+    """``"hard,kd"`` -> the same conditions for every student (those it supports), or None
+    (the profile's). Unknown names are rejected with the valid ones."""
+    if not spec:
+        return None
+    names = tuple(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+    unknown = [n for n in names if n not in CONDITIONS]
+    if unknown or not names:
+        raise ConfigError(f"unknown condition(s) {unknown or '(none given)'}; --conditions takes "
+                          f"a comma-separated list of {', '.join(CONDITIONS)}")
+    return {s: tuple(n for n in names if n in STUDENT_CONDITIONS[s]) for s in students}
+
+
 def conditions_for(profile: str, students: Sequence[str],
                    override: Optional[dict[str, Sequence[str]]] = None) -> dict[str, tuple]:
     """The condition names each student runs under, checked against :data:`STUDENT_CONDITIONS`."""
@@ -670,7 +689,7 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
     ``max_examples`` / ``max_steps`` cap the profile's sizes (smoke runs of a profile)."""
     cfg = kconfig.load(profile, teacher=teacher, seed=seed, verbose=False)
     sizes = cap_sizes(sizes or PROFILE_SIZES[cfg.profile], max_examples, max_steps)
-    names = parse_students(students or PROFILE_STUDENTS.get(cfg.profile, STUDENTS))
+    names = parse_students(students or default_students(cfg.profile))
     table = conditions_for(cfg.profile, names, conditions)
     out = Path(out_dir)
     started, cpu_started = time.time(), time.process_time()

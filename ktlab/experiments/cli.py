@@ -27,6 +27,10 @@ def _sentiment_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--students", default=None,
                         help=f"comma-separated students to train, from {','.join(STUDENTS)} "
                              "(default: the profile's; bench: bilstm,cnn)")
+    parser.add_argument("--conditions", default=None,
+                        help="comma-separated conditions for every student, e.g. "
+                             "hard,kd+aug+pca (default: the profile's; see "
+                             "ktlab.experiments.classify.CONDITIONS)")
 
 
 def _classify_args(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +50,11 @@ def _run_classification(args: argparse.Namespace, task: object, name: str) -> in
     from ktlab.experiments import classify
     out = args.out or f"runs/{name}-{args.profile or 'quick'}"
     try:
-        classify.run(profile=args.profile, teacher=args.teacher, students=args.students,
+        students = classify.parse_students(args.students or classify.default_students(
+            args.profile))
+        conditions = classify.parse_conditions(args.conditions, students)
+        classify.run(profile=args.profile, teacher=args.teacher, students=students,
+                     conditions=conditions,
                      out_dir=out, seed=args.seed, task=task, use_cache=not args.no_cache,
                      progress=args.progress, max_examples=args.max_examples,
                      max_steps=args.max_steps)

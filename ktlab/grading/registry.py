@@ -10,6 +10,13 @@ an exception raised by the student's code) fails that case only, with a one- or 
 message, and the next case still runs. ``NotImplementedError`` anywhere stops the task with
 "not attempted yet". The task's points are shared among its cases by weight.
 
+Each task marks its *core* cases, ``with t.case("...", core=True)``: the ones that test the
+concept the task is about (the 80/10/10 split of MLM masking, the T**2 factor of the KD loss, the
+mask applied before the softmax). Failing any core case caps the task at a third of its points
+(:data:`CORE_CAP`), whatever else passes: code that misses the point of a task must not keep most
+of its points because its shapes and edge cases are right. The result then says so, in an extra
+line ``core case failed: '<case>' ... score capped at 1/3``.
+
 Why this shape: students get one line per sub-check and a useful sentence instead of a
 traceback, and a hard-coded answer cannot pass because the cases use several seeded random
 inputs of different shapes, compared with ktlab's own reference implementation.
@@ -19,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -34,6 +42,12 @@ RESULTS_ENV = "KTLAB_GRADING_RESULTS"
 RESULT_MIME = "application/vnd.ktlab.check-result+json"
 
 CheckFunction = Callable[[Any, "Checker"], None]
+
+#: A task with a failed core case earns at most this share of its points.
+CORE_CAP = 1 / 3
+#: Name of the extra result line that says a core case failed and the score was capped. It has
+#: weight 0 and ``passed=False``, so the batch grader lists it among the reasons, unchanged.
+CORE_CAP_LINE = "core case failed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +121,7 @@ class CheckLine:
     passed: bool
     message: str = ""
     weight: float = 1.0
+    core: bool = False  #: a core case: failing it caps the task at CORE_CAP of its points
 
 
 @dataclasses.dataclass
@@ -114,7 +129,9 @@ class TaskResult:
     """What :func:`check` returns: points earned, the points possible, one line per sub-check.
 
     ``status`` is ``"passed"``, ``"failed"``, ``"not attempted"`` or ``"error"`` (the check
-    itself could not run: unknown task id, a bug in a check).
+    itself could not run: unknown task id, a bug in a check). ``core_failed`` names the failed
+    core cases; when it is not empty ``points`` is capped at a third of ``max_points`` and the
+    last line is the :data:`CORE_CAP_LINE` note.
     """
 
     task_id: str
@@ -123,10 +140,16 @@ class TaskResult:
     status: str
     lines: List[CheckLine]
     seconds: float = 0.0
+    core_failed: List[str] = dataclasses.field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
+
+    @property
+    def capped(self) -> bool:
+        """True when a failed core case capped the score."""
+        return bool(self.core_failed)
 
     def reasons(self) -> List[str]:
         """One sentence per lost point, for the grade report."""
@@ -137,10 +160,16 @@ class TaskResult:
     def report(self) -> str:
         out = []
         for line in self.lines:
+            if _is_cap_note(line):
+                out.append(f"  {line.name}: {line.message}")
+                continue
             mark = "PASS" if line.passed else "FAIL"
-            out.append(f"  [{mark}] {line.name}" + (f" - {line.message}" if line.message else ""))
+            out.append(f"  [{mark}] {line.name}" + (" (core)" if line.core else "")
+                       + (f" - {line.message}" if line.message else ""))
         head = {"passed": "all checks passed", "failed": "some checks failed",
                 "not attempted": "not attempted yet", "error": "could not be checked"}[self.status]
+        if self.capped:
+            head += "; core case failed, score capped at 1/3"
         return "\n".join([f"{self.task_id}: {_fmt(self.points)}/{_fmt(self.max_points)} points "
                           f"({head})"] + out)
 
@@ -155,6 +184,16 @@ class TaskResult:
 
 def _fmt(x: float) -> str:
     return f"{x:g}" if x == round(x, 2) else f"{x:.2f}"
+
+
+def _is_cap_note(line: CheckLine) -> bool:
+    return line.name == CORE_CAP_LINE and line.weight == 0 and not line.passed
+
+
+def core_cap(points: float) -> float:
+    """The most a task of ``points`` earns with a failed core case: a third, rounded *down* to
+    the cent so the reported score never exceeds it (2 points -> 0.66, 4 -> 1.33)."""
+    return math.floor(points * CORE_CAP * 100 + 1e-9) / 100
 
 
 # ----------------------------------------------------------------------------- checker
@@ -185,23 +224,27 @@ class Checker:
 
     # -- structure
     @contextlib.contextmanager
-    def case(self, name: str, weight: float = 1.0) -> Iterator[None]:
-        """One sub-check. Failures and exceptions inside the block fail this case only."""
+    def case(self, name: str, weight: float = 1.0, *, core: bool = False) -> Iterator[None]:
+        """One sub-check. Failures and exceptions inside the block fail this case only.
+
+        ``core=True`` marks a case that tests the concept the task is about: if it fails, the
+        task earns at most a third of its points, however many other cases pass.
+        """
         try:
             yield
         except NotImplementedError as err:
             raise _NotAttempted(str(err)) from None
         except CheckFailed as err:
-            self.lines.append(CheckLine(name, False, str(err), weight))
+            self.lines.append(CheckLine(name, False, str(err), weight, core))
         except Exception as err:  # the student's code raised: one sentence, no traceback
             msg = str(err).strip().split("\n")[0]
             if len(msg) > 200:
                 msg = msg[:200] + "..."
             self.lines.append(CheckLine(
                 name, False, f"your code raised {type(err).__name__}: {msg}"
-                f"{_student_location(err.__traceback__)}.", weight))
+                f"{_student_location(err.__traceback__)}.", weight, core))
         else:
-            self.lines.append(CheckLine(name, True, "", weight))
+            self.lines.append(CheckLine(name, True, "", weight, core))
 
     # -- inputs
     @staticmethod
@@ -340,8 +383,21 @@ def run_check(task_id: str, obj: Any) -> TaskResult:
             status = "passed" if all(line.passed for line in t.lines) else "failed"
     earned = 0.0
     if status in ("passed", "failed") and total_w > 0:
-        earned = spec.points * sum(line.weight for line in t.lines if line.passed) / total_w
-    return TaskResult(task_id, round(earned, 2), spec.points, status, t.lines, round(seconds, 3))
+        earned = round(spec.points * sum(line.weight for line in t.lines if line.passed)
+                       / total_w, 2)
+    core_failed = [line.name for line in t.lines if line.core and not line.passed] \
+        if status == "failed" else []
+    if core_failed:
+        cap = core_cap(spec.points)
+        earned = min(earned, cap)
+        names = "; ".join(f"'{name}'" for name in core_failed)
+        t.lines.append(CheckLine(
+            CORE_CAP_LINE, False,
+            f"{names} — score capped at 1/3 of the points ({_fmt(cap)}/{_fmt(spec.points)} at "
+            f"most): {'this case tests' if len(core_failed) == 1 else 'these cases test'} what "
+            "the task is about, so it outweighs the other cases.", 0.0))
+    return TaskResult(task_id, earned, spec.points, status, t.lines, round(seconds, 3),
+                      core_failed)
 
 
 def check(task_id: str, obj: Any, *, quiet: bool = False) -> TaskResult:

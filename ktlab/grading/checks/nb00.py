@@ -2,7 +2,8 @@
 
 Each case feeds seeded random inputs of a different shape to the student's function and to the
 reference (:func:`ktlab.transfer.distill.soften` via :mod:`ktlab.grading.reference`), so a
-hard-coded answer cannot pass.
+hard-coded answer cannot pass. Core cases (a failure caps the task at 1/3): the temperature
+divides the logits; padding never leaks into the pooled mean.
 """
 from __future__ import annotations
 
@@ -29,6 +30,18 @@ def check_softmax(fn, t: Checker) -> None:
     with t.case("temperature <= 0 is refused"):
         x = t.randn(2, 3, seed=5)
         t.raises(ValueError, lambda: fn(x, 0.0), "temperature=0")
+    with t.case("the temperature divides the logits: T=0.25 sharpens, T=4 flattens", core=True):
+        x = t.randn(3, 8, seed=6, scale=2.0)
+        plain = ref.softmax_with_temperature(x, 1.0)
+        for temp in (0.25, 4.0):
+            got = fn(x.clone(), temp)
+            if (isinstance(got, torch.Tensor) and got.shape == plain.shape
+                    and torch.allclose(got.detach().double(), plain.double(), atol=1e-5)):
+                t.fail(f"with temperature {temp} you returned softmax(logits) itself: the "
+                       "temperature is ignored. Divide the logits by it before the softmax.")
+            t.allclose(got, ref.softmax_with_temperature(x, temp), atol=1e-5,
+                       what=f"output at temperature {temp}",
+                       hint="softmax(logits / temperature): divide, do not multiply.")
 
 
 @task("00.mean_pool", points=2, title="masked mean-pooling",
@@ -37,7 +50,7 @@ def check_softmax(fn, t: Checker) -> None:
 def check_mean_pool(fn, t: Checker) -> None:
     t.callable(fn, "your pooling function")
     for seed, (b, n, d) in enumerate([(2, 5, 4), (3, 9, 16), (1, 4, 8)]):
-        with t.case(f"hidden {(b, n, d)}, random padding"):
+        with t.case(f"hidden {(b, n, d)}, random padding", core=True):
             h = t.randn(b, n, d, seed=10 + seed)
             mask = t.padding_mask(b, n, seed=20 + seed)
             # huge values at padded positions: any leak of padding into the mean shows at once

@@ -2,7 +2,9 @@
 padding mask, multi-head split/merge, sinusoidal position encodings.
 
 References are ktlab's own :mod:`ktlab.nn.attention`, run on seeded random inputs of several
-shapes, so a hard-coded answer cannot pass.
+shapes, so a hard-coded answer cannot pass. Core cases (a failure caps the task at 1/3): the
+padding mask applied to the scores before the softmax; the head layout of split/merge; sines in
+even and cosines in odd columns at geometrically spaced frequencies.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ def check_attention(fn, t: Checker) -> None:
                        hint="did you divide the scores by sqrt(head size)?")
             t.allclose(out, exp_out, atol=1e-5, what="output")
     for seed, (b, h, n, d) in enumerate([(3, 2, 6, 4), (4, 3, 9, 8)]):
-        with t.case(f"batch {b}, length {n}, random padding"):
+        with t.case(f"batch {b}, length {n}, random padding (mask before the softmax)",
+                    core=True):
             q, k, v = (t.randn(b, h, n, d, seed=50 + 10 * seed + i) for i in range(3))
             mask = t.padding_mask(b, n, seed=70 + seed, full_first=True)
             out, probs = _pair(fn(q.clone(), k.clone(), v.clone(), mask.clone()), "attention", t)
@@ -47,6 +50,12 @@ def check_attention(fn, t: Checker) -> None:
                 t.is_true(float(got[pad].abs().max()) < 1e-6,
                           "padded keys still receive attention; mask the scores *before* the "
                           "softmax (where attention_mask == 0).")
+                sums = got.detach().double().sum(-1)
+                t.is_true(bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-4)),
+                          "the attention rows no longer sum to 1 (e.g. "
+                          f"{float(sums.min()):.3g}): you masked the probabilities *after* the "
+                          "softmax. Mask the scores *before* it, so the real tokens share all "
+                          "the attention.")
             t.allclose(probs, exp_probs, atol=1e-5, what="probabilities")
             t.allclose(out, exp_out, atol=1e-5, what="output")
     with t.case("query length differs from key length (cross-attention shapes)"):
@@ -67,6 +76,14 @@ def check_split_merge(fns, t: Checker) -> None:
     split, merge = fns
     t.callable(split, "your split_heads function")
     t.callable(merge, "your merge_heads function")
+    with t.case("head h holds columns h*d_head..(h+1)*d_head-1; merge undoes split", core=True):
+        x = torch.arange(2 * 3 * 8, dtype=torch.float32).view(2, 3, 8)  # every value unique
+        t.allclose(split(x.clone(), 4), ref.split_heads(x, 4), atol=0, rtol=0,
+                   what="split output",
+                   hint="view(batch, T, heads, d_head) then transpose(1, 2): a head is a slice "
+                        "of columns of every token, not a slice of tokens.")
+        t.allclose(merge(ref.split_heads(x, 4)), x, atol=0, rtol=0, what="merged output",
+                   hint="transpose(1, 2) back to (batch, T, heads, d_head) before reshaping.")
     for seed, (b, n, hidden, heads) in enumerate([(2, 5, 12, 3), (1, 7, 16, 4), (3, 2, 8, 8)]):
         with t.case(f"split ({b}, {n}, {hidden}) into {heads} heads"):
             x = t.randn(b, n, hidden, seed=seed)
@@ -88,12 +105,12 @@ def check_sinusoidal(fn, t: Checker) -> None:
             t.allclose(fn(max_len, dim), ref.sinusoidal_positions(max_len, dim), atol=1e-4,
                        what="encodings",
                        hint="even columns are sines, odd columns cosines of the same frequency.")
-    with t.case("position 0 is (0, 1, 0, 1, ...)"):
+    with t.case("position 0 is (0, 1, 0, 1, ...)", core=True):
         pe = torch.as_tensor(fn(3, 8))
         t.is_true(torch.allclose(pe[0, 0::2], torch.zeros(4), atol=1e-6)
                   and torch.allclose(pe[0, 1::2], torch.ones(4), atol=1e-6),
                   "row 0 must be sin(0)=0 in even columns and cos(0)=1 in odd ones.")
-    with t.case("slowest frequency has wavelength 2*pi*10000^((dim-2)/dim)"):
+    with t.case("slowest frequency has wavelength 2*pi*10000^((dim-2)/dim)", core=True):
         pe = torch.as_tensor(fn(2, 6))
         t.is_true(abs(float(pe[1, 4]) - math.sin(10000 ** (-4 / 6))) < 1e-5,
                   "column 4 of dim 6 must be sin(pos / 10000^(4/6)).")

@@ -4,7 +4,9 @@ Masking is random, so its checks are statistical: on a large seeded batch the sh
 tokens (15%) and of [MASK] / random / unchanged among them (80/10/10) must fall within five
 standard deviations of BERT's numbers, and the hard rules (no special token or padding chosen,
 labels -100 elsewhere, input untouched) must hold exactly. NSP pairs are audited one by one
-against the documents. The reference rules are those of :mod:`ktlab.pretraining`.
+against the documents. The reference rules are those of :mod:`ktlab.pretraining`. Core cases
+(a failure caps the task at 1/3): the 15% choice and the 80/10/10 split; IsNext pairs that are
+consecutive, NotNext pairs from another document, about half of each.
 """
 from __future__ import annotations
 
@@ -65,12 +67,16 @@ def check_mlm_mask(fn, t: Checker) -> None:
         t.is_true(bool(torch.equal(labels[chosen], ids[chosen])),
                   "at chosen positions the label must be the *original* token id.")
         t.is_true(bool((labels[~chosen] == -100).all()), "every other label must be -100.")
-    with t.case("about 15% of the candidate tokens are chosen"):
+    with t.case("about 15% of the candidate tokens are chosen", core=True):
         _within(int(chosen.sum()), int(candidates.sum()), 0.15, "chosen tokens", t)
-    with t.case("of the chosen: 80% [MASK], 10% random, 10% unchanged"):
+    with t.case("of the chosen: 80% [MASK], 10% random, 10% unchanged", core=True):
         n = int(chosen.sum())
         is_mask = corrupted[chosen] == MASK_ID
         same = corrupted[chosen] == ids[chosen]
+        t.is_true(n == 0 or not bool(is_mask.all()),
+                  "every chosen token became [MASK]: BERT replaces only 80% of them with [MASK], "
+                  "10% with a random token and leaves 10% unchanged, so the model cannot learn "
+                  "that only [MASK] positions matter (it never sees [MASK] at fine-tuning).")
         _within(int(is_mask.sum()), n, 0.8, "[MASK] among chosen", t)
         _within(int(same.sum()), n, 0.1, "unchanged among chosen", t)
         _within(int((~is_mask & ~same).sum()), n, 0.1, "random among chosen", t)
@@ -102,15 +108,15 @@ def check_nsp_pairs(fn, t: Checker) -> None:
     with t.case("each pair is (sentence_a, sentence_b, label) with label 0 or 1"):
         t.is_true(all(len(p) == 3 and p[2] in (0, 1) for p in pairs),
                   "each pair must be a tuple (a, b, label) with label 0 (IsNext) or 1 (NotNext).")
-    with t.case("IsNext pairs are consecutive sentences of one document"):
+    with t.case("IsNext pairs are consecutive sentences of one document", core=True):
         bad = [p for p in pairs if p[2] == 0 and not (
             where[p[0]][0] == where[p[1]][0] and where[p[1]][1] == where[p[0]][1] + 1)]
         t.is_true(not bad, f"{len(bad)} IsNext pair(s) are not consecutive, e.g. {bad[:1]}.")
-    with t.case("NotNext pairs take sentence b from another document"):
+    with t.case("NotNext pairs take sentence b from another document", core=True):
         bad = [p for p in pairs if p[2] == 1 and where[p[0]][0] == where[p[1]][0]]
         t.is_true(not bad, f"{len(bad)} NotNext pair(s) stay in the same document, e.g. "
                   f"{bad[:1]}.")
-    with t.case("about half are IsNext"):
+    with t.case("about half are IsNext", core=True):
         _within(sum(p[2] == 0 for p in pairs), len(pairs), 0.5, "IsNext pairs", t)
     with t.case("the same seed gives the same pairs"):
         t.is_true(list(fn(docs, 0)) == pairs, "use random.Random(seed), not the global RNG.")

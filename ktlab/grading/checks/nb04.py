@@ -3,7 +3,9 @@ distillation step, and n-gram sampling for the transfer set.
 
 References are ktlab's own code (:class:`ktlab.nn.students.BiLSTMClassifier`,
 :func:`ktlab.transfer.distill.logit_mse`), run on seeded random models and batches of several
-shapes, so a hard-coded answer cannot pass.
+shapes, so a hard-coded answer cannot pass. Core cases (a failure caps the task at 1/3): packing
+(a padded sentence gives the same logits as the sentence alone); the distillation term of the
+step (alpha=0); contiguous n-grams of a length drawn from n_min..n_max.
 """
 from __future__ import annotations
 
@@ -51,6 +53,30 @@ def check_bilstm_forward(fn, t: Checker) -> None:
                        hint="the backward LSTM must start at each sentence's last real token: "
                             "pack the sequence (pack_padded_sequence) and keep padding out of "
                             "the max.")
+    with t.case("packing: padding does not change a sentence's logits", core=True):
+        torch.manual_seed(10)
+        model = BiLSTMClassifier(40, num_labels=3, embed_dim=8, hidden_size=6, mlp_size=5,
+                                 pooling="max").eval()
+        ids, mask = _padded_batch(t, 4, 10, 40, seed=11)
+        lengths = [int(x) for x in mask.sum(1)]
+        with torch.no_grad():
+            expected = model(ids, mask)
+        model.forward = _no_call  # type: ignore[method-assign]
+        with torch.no_grad():
+            got = fn(model, ids.clone(), mask.clone())
+            alone = [fn(model, ids[i:i + 1, :n].clone(), mask[i:i + 1, :n].clone())
+                     for i, n in enumerate(lengths)]
+        if isinstance(got, torch.Tensor) and got.shape == expected.shape:
+            for i, n in enumerate(lengths):
+                t.allclose(got[i:i + 1], alone[i], atol=1e-5,
+                           what=f"logits of sentence {i} ({n} real tokens, padded to "
+                                f"{ids.shape[1]})",
+                           hint="padded, a sentence must give the same logits as alone: without "
+                                "packing the backward LSTM reads the padding before the last "
+                                "real token. Pack it with pack_padded_sequence.")
+        t.allclose(got, expected, atol=1e-5, what="logits of the padded batch",
+                   hint="pack the sequence (pack_padded_sequence with the lengths from "
+                        "attention_mask) and keep padding out of the max.")
 
 
 @task("04.distill_step", points=3, title="one distillation training step",
@@ -62,7 +88,8 @@ def check_distill_step(fn, t: Checker) -> None:
     from ktlab.transfer.distill import logit_mse
     t.callable(fn, "your distill_step function")
     for seed, alpha in enumerate((0.0, 0.5, 1.0)):
-        with t.case(f"alpha={alpha}: returned loss and updated weights"):
+        with t.case(f"alpha={alpha}: returned loss and updated weights"
+                    + (" (distillation only)" if alpha == 0 else ""), core=alpha == 0):
             torch.manual_seed(seed)
             model = BiLSTMClassifier(30, embed_dim=6, hidden_size=5, mlp_size=4, dropout=0.0)
             ref = copy.deepcopy(model)
@@ -99,7 +126,7 @@ def check_distill_step(fn, t: Checker) -> None:
 def check_ngram(fn, t: Checker) -> None:
     t.callable(fn, "your sample_ngram function")
     words = [f"w{i}" for i in range(9)]
-    with t.case("every result is a contiguous n-gram with n_min <= n <= n_max"):
+    with t.case("every result is a contiguous n-gram with n_min <= n <= n_max", core=True):
         rng = random.Random(0)
         sizes = set()
         for _ in range(300):

@@ -3,7 +3,10 @@ token-level distillation loss, Viterbi decoding.
 
 References are ktlab's own code: :func:`ktlab.data.collate.align_labels`,
 :func:`ktlab.tagging.decode_entities`, :func:`ktlab.transfer.distill.kd_loss` and
-:meth:`ktlab.nn.crf.CRF.decode`. Inputs are seeded and random, of several shapes.
+:meth:`ktlab.nn.crf.CRF.decode`. Inputs are seeded and random, of several shapes. Core cases (a
+failure caps the task at 1/3): only a word's first sub-token is labelled; B- and a type change
+start a new entity; positions labelled -100 left out and the T**2 factor; the transitions
+matter in Viterbi.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import random
 
 import torch
 
+from ktlab.grading.checks._shared import t2_factor_case
 from ktlab.grading.registry import Checker, task
 
 _TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
@@ -44,6 +48,16 @@ def check_align_labels(fn, t: Checker) -> None:
             t.is_true([int(x) for x in got] == want,
                       f"for word_ids {word_ids} and word labels {labels} expected {want}, got "
                       f"{got}.")
+    with t.case("only the first sub-token of a word carries its label", core=True):
+        word_ids = [None, 0, 0, 0, 1, 2, 2, None]
+        word_labels = [5, 1, 3]
+        want = align_labels(word_ids, word_labels)
+        got = fn(list(word_ids), list(word_labels))
+        t.is_true(got is not None, "your function returned None; did you forget `return`?")
+        got = [int(x) for x in got]
+        t.is_true(got == want, f"for word_ids {word_ids} and word labels {word_labels} expected "
+                  f"{want}, got {got}: the continuation pieces of a word get -100, so each word "
+                  "is scored once, on its first sub-token.")
     with t.case("padding (None) inside a batch row"):
         word_ids = [None, 0, 1, 1, None, None, None]
         want = align_labels(word_ids, [3, 4])
@@ -65,8 +79,9 @@ def check_decode_entities(fn, t: Checker) -> None:
         ("no entities", ["O", "O", "O"]),
         ("type change inside a run", ["B-ORG", "I-ORG", "B-LOC", "I-LOC", "I-LOC", "O", "B-MISC"]),
     ]
+    core = {"two adjacent entities of the same type", "type change inside a run"}
     for name, tags in fixed:
-        with t.case(name):
+        with t.case(name, core=name in core):
             want = decode_entities(tags)
             got = fn(list(tags))
             t.is_true(got is not None, "your function returned None; did you forget `return`?")
@@ -100,7 +115,7 @@ def check_token_kd_loss(fn, t: Checker) -> None:
             got = fn(s.clone(), te.clone(), labels.clone(), T)
             t.allclose(got, want, atol=1e-5, what="loss",
                        hint="average over kept positions only (not over all b*n), times T**2.")
-    with t.case("padding values must not matter"):
+    with t.case("padding values must not matter", core=True):
         s = t.randn(2, 7, 4, seed=7)
         te = t.randn(2, 7, 4, seed=8)
         labels = torch.tensor([[-100, 1, 2, -100, -100, -100, -100],
@@ -121,6 +136,14 @@ def check_token_kd_loss(fn, t: Checker) -> None:
                   "the loss must depend on the student logits (no .detach() on them).")
         t.is_true(te.grad is None or te.grad.abs().sum() == 0,
                   "the teacher is a constant: detach the teacher logits.")
+    with t.case("the T**2 factor: doubling the logits and T multiplies the loss by 4",
+                core=True):
+        s, te = t.randn(3, 6, 5, seed=11, scale=2.0), t.randn(3, 6, 5, seed=12, scale=2.0)
+        labels = t.randint(0, 5, 3, 6, seed=13)
+        labels[:, 0] = -100
+        labels[1, 4:] = -100
+        t2_factor_case(t, lambda k, temp: (fn(k * s, k * te, labels.clone(), temp),
+                                           kd_loss(k * s, k * te, temp, labels=labels)))
 
 
 @task("05.viterbi", points=3, title="Viterbi decoding for a linear-chain CRF",
@@ -146,7 +169,7 @@ def check_viterbi(fn, t: Checker) -> None:
             t.is_true(got == want, f"expected the best path {want}, got {got}. Check that the "
                       "end scores are added before the final argmax and that back-pointers are "
                       "followed from the last word to the first.")
-    with t.case("transitions matter (not just argmax of emissions)"):
+    with t.case("transitions matter (not just argmax of emissions)", core=True):
         e = torch.tensor([[2.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
         trans = torch.tensor([[0.0, -10.0], [-10.0, 0.0]])   # switching tags is very costly
         got = [int(x) for x in fn(e, trans, torch.zeros(2), torch.zeros(2))]

@@ -1,6 +1,7 @@
 """Checks for ``solutions/06_multitask_transfer.ipynb``: the temperature sampler, combining
 per-task losses with uncertainty weighting, and a multi-head forward pass. References come from
-:mod:`ktlab.transfer.multitask`."""
+:mod:`ktlab.transfer.multitask`. Core cases (a failure caps the task at 1/3): sizes raised to the
+power 1/T; exp(-s) weighting each loss plus the s term; sequence tasks reading [CLS]."""
 from __future__ import annotations
 
 import torch
@@ -25,6 +26,23 @@ def check_temperature(fn, t: Checker) -> None:
             want = task_probabilities(sizes, "temperature", temperature)
             t.allclose(torch.tensor([float(got[k]) for k in sizes]),
                        torch.tensor([want[k] for k in sizes]), atol=1e-6)
+    with t.case("the temperature flattens: p proportional to n ** (1 / T), T=3", core=True):
+        sizes = {"big": 8000, "mid": 1000, "small": 27}
+        got = fn(dict(sizes), 3.0)
+        t.is_true(isinstance(got, dict) and set(got) == set(sizes),
+                  f"return a dict with one probability per task {sorted(sizes)}")
+        got_p = torch.tensor([float(got[k]) for k in sizes], dtype=torch.float64)
+        n = torch.tensor([float(v) for v in sizes.values()], dtype=torch.float64)
+        for wrong, how in ((n / n.sum(), "proportional to the sizes: the temperature is ignored"),
+                           (n ** 3 / (n ** 3).sum(), "raised to the power T instead of 1 / T"),
+                           (torch.full_like(n, 1 / 3), "uniform: the sizes are ignored")):
+            if got_p.shape == wrong.shape and torch.allclose(got_p, wrong, atol=1e-6):
+                t.fail(f"your probabilities are {how}. With T=3 they must be proportional to "
+                       "n ** (1 / 3): a higher T moves them towards uniform, so small tasks are "
+                       "drawn more often than their size alone would give.")
+        want = task_probabilities(sizes, "temperature", 3.0)
+        t.allclose(got_p, torch.tensor([want[k] for k in sizes], dtype=torch.float64),
+                   atol=1e-6, what="probabilities")
 
 
 @task("06.combine_losses", points=2, title="uncertainty-weighted sum of task losses",
@@ -42,6 +60,22 @@ def check_combine(fn, t: Checker) -> None:
                     weighting.log_vars[n].copy_(log_vars[n])
             want = sum(weighting(n, losses[n]) for n in names).detach()
             t.allclose(torch.as_tensor(fn(losses, log_vars)).detach(), want, atol=1e-5)
+    with t.case("each loss is weighted by exp(-s) and s is added", core=True):
+        losses = {"a": torch.tensor(2.0), "b": torch.tensor(0.5)}
+        log_vars = {"a": torch.tensor(0.6931), "b": torch.tensor(-1.0)}
+        weighting = UncertaintyWeighting(["a", "b"])
+        with torch.no_grad():
+            for n in losses:
+                weighting.log_vars[n].copy_(log_vars[n])
+            want = sum(weighting(n, losses[n]) for n in losses)
+        got = torch.as_tensor(fn(dict(losses), dict(log_vars))).detach()
+        no_reg = sum(torch.exp(-log_vars[n]) * losses[n] for n in losses)
+        if got.shape == want.shape and torch.allclose(got, no_reg, atol=1e-4):
+            t.fail("you left out the + s term: without it the model can shrink every loss to 0 "
+                   "by making all log-variances s large. Add s for each task.")
+        t.allclose(got, want, atol=1e-4, what="combined loss",
+                   hint="exp(-s) * loss + s per task: a noisy task (large s) gets a small "
+                        "weight, and + s keeps s from growing without bound.")
 
 
 def _reference_heads(hidden: torch.Tensor, heads: nn.ModuleDict, kinds: dict, task_name: str):
@@ -63,7 +97,8 @@ def check_multi_head(fn, t: Checker) -> None:
         kinds = {"sst2": "sequence", "ner": "token"}
         hidden = t.randn(b, length, h, seed=40 + seed)
         for name in ("sst2", "ner"):
-            with t.case(f"{name} ({kinds[name]}), hidden {(b, length, h)}"):
+            with t.case(f"{name} ({kinds[name]}), hidden {(b, length, h)}",
+                        core=kinds[name] == "sequence"):
                 with torch.no_grad():
                     t.allclose(fn(hidden.clone(), heads, kinds, name),
                                _reference_heads(hidden, heads, kinds, name), atol=1e-5)

@@ -1,0 +1,44 @@
+"""Helpers shared by several notebooks' checks (not a notebook: ``load_all`` skips it)."""
+from __future__ import annotations
+
+import torch
+
+from ktlab.grading.registry import Checker
+
+
+def scalar(value, t: Checker, what: str = "loss") -> float:
+    """A 0-d tensor or a number as a float, or a failed case that says what was returned."""
+    if value is None:
+        t.fail("your function returned None; did you forget `return`?")
+    value = torch.as_tensor(value)
+    if value.numel() != 1:
+        t.fail(f"the {what} must be a single number, got a tensor of shape {tuple(value.shape)}.")
+    return float(value.detach())
+
+
+def t2_factor_case(t: Checker, loss_at) -> None:
+    """The core case of the KD losses: the T**2 factor, isolated from everything else.
+
+    Doubling both logits *and* T leaves the softened distributions unchanged, so the loss of a
+    correct implementation grows by exactly (2T)**2 / T**2 = 4, whatever the reduction; without
+    the factor it does not change. ``loss_at(scale, T)`` returns (student's loss, reference's)
+    on the logits multiplied by ``scale``.
+    """
+    for temp in (2.0, 0.5):
+        got_1, want_1 = loss_at(1.0, temp)
+        got_2, want_2 = loss_at(2.0, 2 * temp)
+        got_1, got_2 = scalar(got_1, t), scalar(got_2, t)
+        want = float(want_2) / float(want_1)                       # = 4
+        t.is_true(abs(got_1) > 1e-8, f"your loss is 0 for different logits at T={temp}.")
+        ratio = got_2 / got_1
+        if abs(ratio - 1.0) < 1e-3:
+            t.fail(f"doubling the logits and T (T={temp} -> {2 * temp}) left your loss "
+                   "unchanged; it must grow 4x: multiply the KL by temperature ** 2, or the soft "
+                   "targets' gradients shrink like 1/T**2 and vanish at high temperature.")
+        if abs(ratio - 2.0) < 1e-3:
+            t.fail("doubling the logits and T doubled your loss instead of multiplying it by 4: "
+                   "scale by temperature ** 2, not temperature.")
+        t.is_true(abs(ratio - want) < 1e-3 * want,
+                  f"doubling the logits and T (T={temp} -> {2 * temp}) multiplied your loss by "
+                  f"{ratio:.4g}, expected {want:.4g}: soften both logits by T and multiply the "
+                  "KL by temperature ** 2.")
