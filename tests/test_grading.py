@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,13 +13,16 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
+import torch.nn.functional as F
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from torch import nn
 
 from ktlab.cli import main as ktlab_main
 from ktlab.grading import TASKS, check, run_check, task, tasks_for
 from ktlab.grading import reference as ref
 from ktlab.grading.exercises import (ExerciseError, build, make_exercise, release, stale,
                                      strip_regions)
+from ktlab.grading.registry import CORE_CAP_LINE, core_cap
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -86,11 +92,12 @@ def _not_attempted(*args):
 
 # (task, student, expected points, text that must appear in the failure reasons)
 WRONG = [
-    ("00.softmax", _softmax_no_temperature, 1.0, "wrong values: max abs error"),
-    ("00.softmax", _softmax_unstable, 5 / 3, "NaN/inf"),
-    ("00.softmax", _softmax_wrong_dim, 2 / 3, "wrong values"),
-    ("00.softmax", _softmax_accepts_zero, 5 / 3, "expected ValueError, nothing was raised"),
-    ("00.softmax", _softmax_hard_coded, 2 / 3, "wrong output shape: expected (3, 10), got (4, 5)"),
+    # T ignored: 4 of 7 cases pass, but the core case fails: capped at 0.66 (a third, rounded down)
+    ("00.softmax", _softmax_no_temperature, 0.66, "the temperature is ignored"),
+    ("00.softmax", _softmax_unstable, 12 / 7, "NaN/inf"),
+    ("00.softmax", _softmax_wrong_dim, 4 / 7, "wrong values"),
+    ("00.softmax", _softmax_accepts_zero, 12 / 7, "expected ValueError, nothing was raised"),
+    ("00.softmax", _softmax_hard_coded, 4 / 7, "wrong output shape: expected (3, 10), got (4, 5)"),
     ("00.softmax", torch.softmax, 0.0, "your code raised TypeError"),
     ("00.softmax", _not_attempted, 0.0, "not attempted yet"),
     ("00.softmax", 0.5, 0.0, "expected your softmax function, got a float"),
@@ -133,7 +140,216 @@ def test_check_records_results_for_the_grader(tmp_path, monkeypatch):
     check("00.mean_pool", ref.masked_mean_pool, quiet=True)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(r["task_id"], r["points"], r["status"]) for r in rows] == [
-        ("00.softmax", 1.0, "failed"), ("00.mean_pool", 2.0, "passed")]
+        ("00.softmax", 0.66, "failed"), ("00.mean_pool", 2.0, "passed")]
+    assert rows[0]["core_failed"] and rows[0]["lines"][-1]["name"] == CORE_CAP_LINE
+
+
+# ----------------------------------------------------------------------------- core cases
+# Code that misses the point of a task: each used to keep much of its points (measured before
+# core cases existed, in the last column); a failed core case now caps it at a third.
+def _softmax_ignores_temperature(x, t=1.0):
+    return torch.softmax(x, dim=-1)
+
+
+def _attention_masked_after_softmax(q, k, v, attention_mask=None):
+    probs = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)
+    if attention_mask is not None:
+        probs = probs * attention_mask[:, None, None, :].to(probs.dtype)
+    return probs @ v, probs
+
+
+def _mlm_always_mask(input_ids, special_mask, mask_token_id, vocab_size, generator):
+    chosen = (torch.rand(input_ids.shape, generator=generator) < 0.15) & ~special_mask
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    corrupted = input_ids.clone()
+    corrupted[chosen] = mask_token_id  # no 80/10/10
+    return corrupted, labels
+
+
+def _kd_no_t2(s, t, temperature):
+    return F.kl_div(F.log_softmax(s / temperature, -1), F.softmax(t.detach() / temperature, -1),
+                    reduction="batchmean")
+
+
+def _token_kd_no_t2(s, t, labels, temperature=2.0):
+    keep = labels != -100
+    return _kd_no_t2(s[keep], t[keep], temperature)
+
+
+def _interpolate_swapped(target, source, beta):
+    if not 0 <= beta <= 1:
+        raise ValueError("beta")
+    out = {}
+    for name, w_t in target.items():
+        if source[name].shape != w_t.shape:
+            raise ValueError(name)
+        out[name] = (1 - beta) * source[name] + beta * w_t if torch.is_floating_point(w_t) else w_t
+    return out
+
+
+class _LoRAScaledByAlpha(nn.Module):
+    def __init__(self, base, r, alpha):
+        super().__init__()
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.scaling = alpha  # should be alpha / r
+        self.lora_A = nn.Parameter(torch.randn(r, base.in_features) * 0.01)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.scaling
+
+
+def _bilstm_no_packing(model, input_ids, attention_mask):
+    out, _ = model.lstm(model.dropout(model.embedding(input_ids)))  # runs over the padding
+    out = out.masked_fill(~attention_mask[:, :, None].bool(), float("-inf"))
+    return model.mlp(model.dropout(out.max(dim=1).values))
+
+
+# (task, wrong implementation, the core case it must fail, points it scored before core cases)
+MISSES_THE_POINT = [
+    ("02.mlm_mask", _mlm_always_mask, "80% [MASK], 10% random, 10% unchanged", 2.57),
+    ("01.attention", _attention_masked_after_softmax, "mask before the softmax", 2.0),
+    ("03.kd_loss", _kd_no_t2, "the T**2 factor", 1.2),
+    ("05.token_kd_loss", _token_kd_no_t2, "the T**2 factor", 1.8),
+    ("03.interpolate", _interpolate_swapped, "beta weights the source, 1 - beta the target", 1.5),
+    ("03.lora", _LoRAScaledByAlpha, "scaled by alpha / r", 1.33),
+    ("00.softmax", _softmax_ignores_temperature, "the temperature divides the logits", 0.67),
+    ("04.bilstm_forward", _bilstm_no_packing, "packing", 0.75),
+]
+
+
+@pytest.mark.parametrize("task_id,student,core,before", MISSES_THE_POINT,
+                         ids=[f"{t}-{s.__name__}" for t, s, _, _ in MISSES_THE_POINT])
+def test_missing_the_point_caps_the_task_at_a_third(task_id, student, core, before):
+    r = run_check(task_id, student)
+    assert r.max_points == TASKS[task_id].points
+    assert r.status == "failed" and r.points <= r.max_points / 3, r.report()
+    assert r.points <= min(before, core_cap(r.max_points))
+    assert r.capped and any(core in name for name in r.core_failed), r.report()
+    note = [why for why in r.reasons() if why.startswith(f"{CORE_CAP_LINE}: ")]
+    assert len(note) == 1 and core in note[0] and "score capped at 1/3" in note[0], r.reasons()
+    assert "core case failed" in r.report().splitlines()[0]
+
+
+def _attention_ktlab(q, k, v, attention_mask=None):
+    from ktlab.nn.attention import padding_mask, scaled_dot_product_attention
+    mask = None if attention_mask is None else padding_mask(attention_mask)
+    return scaled_dot_product_attention(q, k, v, mask)
+
+
+def _mlm_ktlab(input_ids, special_mask, mask_token_id, vocab_size, generator):
+    from ktlab.pretraining import MLMMasker
+    masker = MLMMasker(mask_token_id, vocab_size, special_ids=(0, 1, 2, 3, mask_token_id))
+    return masker(input_ids, generator=generator)
+
+
+def _token_kd_ktlab(s, t, labels, temperature=2.0):
+    from ktlab.transfer.distill import kd_loss
+    return kd_loss(s, t, temperature, labels=labels)
+
+
+def _interpolate_ktlab(target, source, beta):
+    from ktlab.transfer.interpolate import interpolate
+    names = list(target)  # dotted names: hold them as buffers p0, p1, ... and map them back
+    holder = nn.Module()
+    for i, name in enumerate(names):
+        holder.register_buffer(f"p{i}", target[name].clone())
+    interpolate(holder, source, beta, mapping={f"p{i}": n for i, n in enumerate(names)},
+                strict=True)
+    state = holder.state_dict()
+    return {name: state[f"p{i}"] for i, name in enumerate(names)}
+
+
+def _lora_ktlab(base, r, alpha):
+    from ktlab.transfer.peft import LoRALinear
+    return LoRALinear(base, r=r, alpha=alpha)
+
+
+def _bilstm_ktlab(model, input_ids, attention_mask):
+    from ktlab.nn.students import BiLSTMClassifier
+    return BiLSTMClassifier.forward(model, input_ids, attention_mask)  # model.forward is blocked
+
+
+def _kd_ktlab(s, t, temperature):
+    from ktlab.transfer.distill import kd_loss
+    return kd_loss(s, t, temperature)
+
+
+KTLAB_REFERENCES = [("00.softmax", ref.softmax_with_temperature),
+                    ("01.attention", _attention_ktlab), ("02.mlm_mask", _mlm_ktlab),
+                    ("03.kd_loss", _kd_ktlab), ("05.token_kd_loss", _token_kd_ktlab),
+                    ("03.interpolate", _interpolate_ktlab), ("03.lora", _lora_ktlab),
+                    ("04.bilstm_forward", _bilstm_ktlab)]
+
+
+@pytest.mark.parametrize("task_id,obj", KTLAB_REFERENCES, ids=[t for t, _ in KTLAB_REFERENCES])
+def test_ktlab_references_still_score_full_points(task_id, obj):
+    r = run_check(task_id, obj)
+    assert r.passed and r.points == r.max_points and not r.capped, r.report()
+    assert any(line.core for line in r.lines)
+
+
+def _solution_functions():
+    """The code between BEGIN/END SOLUTION of every solution notebook, run in-process: task id
+    -> what the notebook passes to check() (a kernel-free stand-in for the batch grader test)."""
+    from ktlab.nn.students import BiLSTMClassifier
+    found = {}
+    for path in sorted((REPO / "solutions").glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "code" and "### BEGIN SOLUTION" in cell.source:
+                ns = dict(torch=torch, F=F, nn=nn, math=math, random=random, re=re,
+                          BiLSTMClassifier=BiLSTMClassifier,
+                          check=lambda task_id, obj, **_: found.__setitem__(task_id, obj))
+                exec(compile(cell.source, str(path), "exec"), ns)
+    return found
+
+
+def test_solution_notebooks_score_full_points_and_every_task_has_a_core_case():
+    found = _solution_functions()
+    assert set(found) == set(TASKS) - {t for t in TASKS if t.startswith("99.")}
+    for task_id, obj in found.items():
+        r = run_check(task_id, obj)
+        assert r.passed and r.points == r.max_points, r.report()
+        assert any(line.core for line in r.lines), f"{task_id} declares no core case"
+
+
+def test_a_failed_core_case_caps_the_score_and_reaches_the_batch_grader():
+    from ktlab.grading.grader import _grade_from_result
+
+    @task("99.capped", points=4)
+    def _capped(fn, t):
+        for i in range(5):
+            with t.case(f"side case {i}"):
+                pass
+        with t.case("the point of the task", core=True):
+            t.fail("missed it.")
+        with t.case("another core case, passed", core=True):
+            pass
+
+    try:
+        r = run_check("99.capped", None)
+        assert (r.points, r.max_points, r.status) == (1.33, 4.0, "failed")  # 6/7 of 4 = 3.43
+        assert r.core_failed == ["the point of the task"] and r.capped
+        assert r.reasons() == ["the point of the task: missed it.",
+                               "core case failed: 'the point of the task' — score capped at 1/3 "
+                               "of the points (1.33/4 at most, whatever else passes)."]
+        report = r.report().splitlines()
+        assert report[0] == ("99.capped: 1.33/4 points (some checks failed; core case failed, "
+                             "score capped at 1/3)")
+        assert "  [FAIL] the point of the task (core) - missed it." in report
+        assert report[-1].startswith("  core case failed: 'the point of the task'")
+        payload = json.loads(json.dumps(r.to_json()))  # what check() records for ktlab grade
+        assert payload["points"] == 1.33 and payload["core_failed"] == ["the point of the task"]
+        grade = _grade_from_result(TASKS["99.capped"], payload)
+        assert grade.points == 1.33 and grade.status == "failed"
+        assert grade.reasons[-1].startswith("core case failed: 'the point of the task' — score "
+                                            "capped at 1/3")
+        # core cases that pass cap nothing; a third is rounded down: 2 -> 0.66, 3 -> 1
+        assert [core_cap(p) for p in (1, 2, 3, 4, 5)] == [0.33, 0.66, 1.0, 1.33, 1.66]
+    finally:
+        TASKS.pop("99.capped")
 
 
 def test_checks_do_not_touch_the_global_rng():

@@ -160,7 +160,7 @@ def test_hostile_submissions_are_graded_within_their_timeouts(tmp_path):
     s, m, rep = pts("00_deletes_files")
     assert (s, m) == (2, 2)  # the results of earlier checks survive a truncated results file
     s, m, rep = pts("00_wrong")
-    assert (s, m) == (1, pytest.approx(1.6))  # T ignored: 3 of 6 softmax cases; no clamp: 4 of 5
+    assert (s, m) == (0.66, pytest.approx(1.6))  # T ignored: core case fails, capped at 1/3
     assert any("wrong values" in why for why in _task(rep, "00.softmax")["reasons"])
     assert any("NaN" in why for why in _task(rep, "00.mean_pool")["reasons"])
     for name in ("00_missing", "00_not_json"):

@@ -75,8 +75,8 @@ def check_mlm_mask(fn, t: Checker) -> None:
         same = corrupted[chosen] == ids[chosen]
         t.is_true(n == 0 or not bool(is_mask.all()),
                   "every chosen token became [MASK]: BERT replaces only 80% of them with [MASK], "
-                  "10% with a random token and leaves 10% unchanged, so the model cannot learn "
-                  "that only [MASK] positions matter (it never sees [MASK] at fine-tuning).")
+                  "10% with a random token and leaves 10% unchanged; otherwise the model only "
+                  "learns to predict at [MASK], a token it never sees when fine-tuned.")
         _within(int(is_mask.sum()), n, 0.8, "[MASK] among chosen", t)
         _within(int(same.sum()), n, 0.1, "unchanged among chosen", t)
         _within(int((~is_mask & ~same).sum()), n, 0.1, "random among chosen", t)

@@ -69,8 +69,8 @@ def check_bilstm_forward(fn, t: Checker) -> None:
         if isinstance(got, torch.Tensor) and got.shape == expected.shape:
             for i, n in enumerate(lengths):
                 t.allclose(got[i:i + 1], alone[i], atol=1e-5,
-                           what=f"logits of sentence {i} ({n} real tokens, padded to "
-                                f"{ids.shape[1]})",
+                           what=f"logits of sentence {i} padded to {ids.shape[1]} tokens "
+                                f"(expected: its logits alone, {n} tokens)",
                            hint="padded, a sentence must give the same logits as alone: without "
                                 "packing the backward LSTM reads the padding before the last "
                                 "real token. Pack it with pack_padded_sequence.")
