@@ -1,6 +1,8 @@
 """Experiments shared by the notebooks and ``ktlab run``: one pipeline per headline experiment.
 
-* :mod:`ktlab.experiments.sentiment` - SST-2 teacher -> BiLSTM / CNN / tiny-Transformer students.
+* :mod:`ktlab.experiments.classify` - text classification transfer in six public stages
+  (data, teacher, cached logits, transfer set, student, measure), on SST-2 or your own files.
+* :mod:`ktlab.experiments.sentiment` - its SST-2 preset (``ktlab run sentiment``).
 * :mod:`ktlab.experiments.ner` - CoNLL-2003 teacher -> BiLSTM(-CRF) / tiny-Transformer taggers
   (token-level distillation; helpers shared with later pipelines in :mod:`.common`).
 

@@ -76,7 +76,7 @@ class ClassifySizes:
 
 PROFILE_SIZES = {
     # <= 5 min on 2 CPU cores, teacher included; notebook 04 uses it too
-    "quick": ClassifySizes(teacher_train=2000, student_train=3000, dev=None,
+    "quick": ClassifySizes(teacher_train=2000, student_train=2000, dev=None,
                            augment_per_sentence=1, max_length=64, teacher_epochs=1,
                            student_epochs=2, teacher_lr=1e-4, teacher_evals=2),
     # one GPU: everything, the BERT recipe (all weights train)
