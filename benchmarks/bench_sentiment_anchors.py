@@ -16,7 +16,8 @@ Then, when ``--ktlab`` points at a finished bench run, it loads ktlab's teacher 
 from that run's cache and measures all four models *side by side in this process* (same dev
 sentences, same timing code, same threads), and prints ktlab's numbers as ratios to the anchors
 (accuracy difference in points, throughput ratio). ``--compare-only`` skips training and reuses
-the anchors saved by an earlier run. Results go to ``OUT/anchors.json`` (written atomically).
+the anchors saved by an earlier run; ``--anchors bilstm`` trains only that one (the other is
+kept from an earlier run's ``anchors.json`` when there). Results go to ``OUT/anchors.json`` (written atomically).
 """
 from __future__ import annotations
 
@@ -152,11 +153,14 @@ def load_models(out: Path, ktlab_dir: Path | None) -> dict:
     """The two anchors and, when a bench run is given, ktlab's teacher and best BiLSTM."""
     import torch
     import transformers
-    models = {"anchor: transformers.Trainer MiniLM":
-              transformers.AutoModelForSequenceClassification.from_pretrained(out / "hf-trainer")}
-    bilstm = plain_bilstm(30522)
-    bilstm.load_state_dict(torch.load(out / "bilstm.pt", map_location="cpu"))
-    models["anchor: plain BiLSTM"] = bilstm
+    models = {}
+    if (out / "hf-trainer").is_dir():
+        models["anchor: transformers.Trainer MiniLM"] = \
+            transformers.AutoModelForSequenceClassification.from_pretrained(out / "hf-trainer")
+    if (out / "bilstm.pt").is_file():
+        bilstm = plain_bilstm(30522)
+        bilstm.load_state_dict(torch.load(out / "bilstm.pt", map_location="cpu"))
+        models["anchor: plain BiLSTM"] = bilstm
     if ktlab_dir is not None:
         from ktlab.experiments import sentiment
         models.update(sentiment.load_bench_models(ktlab_dir))
@@ -181,6 +185,8 @@ def compare(models: dict, dev_items, pad_id: int, anchors: dict, ktlab_dir: Path
     for k_name, k_rec in sentiment.bench_headline_records(results).items():
         for a_name, a_key in (("anchor: transformers.Trainer MiniLM", "hf_trainer"),
                               ("anchor: plain BiLSTM", "bilstm")):
+            if a_key not in anchors or a_name not in speed:
+                continue  # that anchor has not been trained yet
             a = anchors[a_key]
             test = mcnemar_test(k_rec["dev_predictions"], a["dev_predictions"], labels)
             rows.append({"ktlab": k_name, "anchor": a_name,
@@ -207,6 +213,9 @@ def main() -> None:
     parser.add_argument("--compare-only", action="store_true",
                         help="reuse the anchors trained by an earlier run of this script")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--anchors", default="hf_trainer,bilstm",
+                        help="which anchors to train now (hf_trainer, bilstm); the others are "
+                             "read from an earlier run's anchors.json when there")
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import torch
@@ -219,14 +228,15 @@ def main() -> None:
     tokenizer = load_tokenizer("minilm")
     train_items, dev_items = load_sst2_items(tokenizer)
     report_file = out / "anchors.json"
-    if args.compare_only:
-        report = json.loads(report_file.read_text())
-    else:
-        report = {"schema": "ktlab.sentiment-anchors/1", "machine": describe_machine(),
-                  "threads": args.threads, "max_length": MAX_LENGTH, "seed": SEED,
-                  "train_sentences": len(train_items), "dev_sentences": len(dev_items)}
+    report = json.loads(report_file.read_text()) if report_file.is_file() else {}
+    report.update({"schema": "ktlab.sentiment-anchors/1", "machine": describe_machine(),
+                   "threads": args.threads, "max_length": MAX_LENGTH, "seed": SEED,
+                   "train_sentences": len(train_items), "dev_sentences": len(dev_items)})
+    wanted = set() if args.compare_only else {a.strip() for a in args.anchors.split(",")}
+    if "hf_trainer" in wanted:
         report["hf_trainer"] = train_hf_anchor(train_items, dev_items, tokenizer, models_dir)
         _atomic_json(report, report_file)
+    if "bilstm" in wanted:
         report["bilstm"] = train_bilstm_anchor(train_items, dev_items, tokenizer.pad_token_id,
                                                models_dir)
         _atomic_json(report, report_file)

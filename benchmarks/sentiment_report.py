@@ -60,9 +60,12 @@ def main() -> None:
     anchors_file = Path(args.anchors)
     if anchors_file.is_file():
         anchors = json.loads(anchors_file.read_text())
-        print(f"\nanchors ({anchors['train_sentences']} training sentences): "
-              f"transformers.Trainer MiniLM {100 * anchors['hf_trainer']['dev_accuracy']:.1f}%, "
-              f"plain BiLSTM {100 * anchors['bilstm']['dev_accuracy']:.1f}%\n")
+        for key, what in (("hf_trainer", "plain transformers.Trainer MiniLM"),
+                          ("bilstm", "plain BiLSTM")):
+            value = (f"{100 * anchors[key]['dev_accuracy']:.1f}% dev" if key in anchors
+                     else "not trained yet")
+            print(f"\nanchor {what} ({anchors['train_sentences']} training sentences): {value}")
+        print()
         print("| ktlab | anchor | accuracy difference (points) | McNemar p | throughput ratio | "
               "latency ratio |\n|---|---|---|---|---|---|")
         for r in anchors.get("side_by_side", {}).get("ratios", []):
