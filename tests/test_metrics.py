@@ -64,3 +64,30 @@ def test_latency_and_throughput():
     assert out["examples"] == 12 and out["examples_per_s"] > 0
     with pytest.raises(ValueError):
         measure_throughput(model, [])
+
+
+def test_accuracy_interval_is_the_exact_clopper_pearson_interval():
+    from scipy.stats import binomtest
+    from ktlab.metrics import accuracy_interval
+    ci = accuracy_interval([1] * 740 + [0] * 132)
+    ref = binomtest(740, 872).proportion_ci(0.95, method="exact")
+    assert ci["accuracy"] == pytest.approx(740 / 872)
+    assert (ci["low"], ci["high"]) == (pytest.approx(ref.low), pytest.approx(ref.high))
+    assert accuracy_interval([1, 1, 1])["high"] == 1.0
+    with pytest.raises(ValueError):
+        accuracy_interval([])
+
+
+def test_mcnemar_counts_only_discordant_pairs_and_verdict_needs_significance():
+    from ktlab.metrics import mcnemar_test, verdict
+    labels = [1] * 100
+    a = [1] * 100
+    b = [1] * 80 + [0] * 20            # A right on 20 sentences B gets wrong, never the reverse
+    test = mcnemar_test(a, b, labels)
+    assert (test["a_only"], test["b_only"]) == (20, 0)
+    assert test["p_value"] == pytest.approx(2 * 0.5 ** 20)
+    assert verdict(test) == "better" and verdict(mcnemar_test(b, a, labels)) == "worse"
+    close = mcnemar_test([1] * 99 + [0], [0] + [1] * 99, labels)  # one discordant pair each way
+    assert close["p_value"] == 1.0 and verdict(close) == "no measurable difference"
+    with pytest.raises(ValueError, match="length"):
+        mcnemar_test([1], [1, 0], [1])
