@@ -90,6 +90,33 @@ def _not_attempted(*args):
     raise NotImplementedError("00.softmax: replace this line with your code")
 
 
+def _bitfit_no_head(model):
+    return [n for n, _ in model.named_parameters() if n.endswith(".bias")]
+
+
+def _bitfit_all_vectors(model):  # LayerNorm gains are 1-D too, but they are not biases
+    return [n for n, p in model.named_parameters() if p.dim() == 1 or n.startswith("classifier.")]
+
+
+def _adapter_tanh_gelu(h, dw, db, uw, ub):
+    return h + F.linear(F.gelu(F.linear(h, dw, db), approximate="tanh"), uw, ub)
+
+
+def _merge_lora_in_place(W, A, B, alpha, r):
+    W += (alpha / r) * (B @ A)
+    return W
+
+
+def _probe_drop(probe, before, after, labels):
+    with torch.no_grad():
+        correct = [int((probe(x).argmax(-1) == labels).sum()) for x in (before, after)]
+    return 100 * (correct[0] - correct[1]) / len(labels)
+
+
+def _probe_drop_fraction(probe, before, after, labels):
+    return _probe_drop(probe, before, after, labels) / 100
+
+
 # (task, student, expected points, text that must appear in the failure reasons)
 WRONG = [
     # T ignored: 4 of 7 cases pass, but the core case fails: capped at 0.66 (a third, rounded down)
@@ -108,6 +135,12 @@ WRONG = [
     ("00.mean_pool", _pool_int_only, 2.0, ""),  # integer arithmetic still gives the right floats
     ("00.mean_pool", _pool_crashes, 0.0, "your code raised IndexError"),
     ("00.mean_pool", None, 0.0, "you passed None"),
+    ("07.bitfit_params", _bitfit_no_head, 1.0, "the new task head must train too"),
+    ("07.bitfit_params", _bitfit_all_vectors, 0.75, "are LayerNorm gains, not biases"),
+    ("07.adapter_forward", _adapter_tanh_gelu, 0.67, "tanh approximation of GELU"),
+    ("07.merge_lora", _merge_lora_in_place, 1.71, "changed W in place"),
+    ("07.probe_drop", _probe_drop_fraction, 0.86, "multiply the accuracies by 100"),
+    ("07.probe_drop", _probe_drop, 2.0, ""),  # counts instead of means: the same points
 ]
 
 
@@ -207,6 +240,41 @@ def _bilstm_no_packing(model, input_ids, attention_mask):
     return model.mlp(model.dropout(out.max(dim=1).values))
 
 
+def _bitfit_with_weight_matrices(model):
+    return [n for n, _ in model.named_parameters()
+            if n.endswith(".bias") or ".layer." in n or n.startswith("classifier.")]
+
+
+def _bitfit_encoder_biases_only(model):  # forgets the embeddings' LayerNorm and the pooler
+    return [n for n, _ in model.named_parameters()
+            if (n.endswith(".bias") and "encoder." in n) or n.startswith("classifier.")]
+
+
+def _adapter_no_residual(h, dw, db, uw, ub):
+    return F.linear(F.gelu(F.linear(h, dw, db)), uw, ub)
+
+
+def _adapter_no_activation(h, dw, db, uw, ub):
+    return h + F.linear(F.linear(h, dw, db), uw, ub)
+
+
+def _merge_lora_scaled_by_alpha(W, A, B, alpha, r):
+    return W + alpha * (B @ A)
+
+
+def _probe_drop_sign_flipped(probe, before, after, labels):
+    return -_probe_drop(probe, before, after, labels)
+
+
+def _probe_drop_refit(probe, before, after, labels):
+    """Fits a new least-squares probe on each feature set: measures what is there, not forgetting."""
+    def refit_accuracy(x):
+        x = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.double)], 1)
+        w = torch.linalg.lstsq(x, F.one_hot(labels, probe.out_features).double()).solution
+        return 100 * float(((x @ w).argmax(-1) == labels).double().mean())
+    return refit_accuracy(before) - refit_accuracy(after)
+
+
 # (task, wrong implementation, the core case it must fail, points it scored before core cases)
 MISSES_THE_POINT = [
     ("02.mlm_mask", _mlm_always_mask, "80% [MASK], 10% random, 10% unchanged", 2.57),
@@ -217,6 +285,14 @@ MISSES_THE_POINT = [
     ("03.lora", _LoRAScaledByAlpha, "scaled by alpha / r", 1.33),
     ("00.softmax", _softmax_ignores_temperature, "the temperature divides the logits", 0.67),
     ("04.bilstm_forward", _bilstm_no_packing, "packing", 0.75),
+    # notebook 07 (the last column: the score without the cap)
+    ("07.bitfit_params", _bitfit_with_weight_matrices, "no weight matrix is selected", 0.5),
+    ("07.bitfit_params", _bitfit_encoder_biases_only, "every bias is selected", 0.75),
+    ("07.adapter_forward", _adapter_no_residual, "the residual connection is kept", 0.33),
+    ("07.adapter_forward", _adapter_no_activation, "the GELU non-linearity", 0.33),
+    ("07.merge_lora", _merge_lora_scaled_by_alpha, "scaled by alpha / r", 0.57),
+    ("07.probe_drop", _probe_drop_sign_flipped, "the sign: positive means forgetting", 0.57),
+    ("07.probe_drop", _probe_drop_refit, "one fixed probe reads both feature sets", 0.57),
 ]
 
 
@@ -277,11 +353,35 @@ def _kd_ktlab(s, t, temperature):
     return kd_loss(s, t, temperature)
 
 
+def _bitfit_ktlab(model):
+    from ktlab.transfer.peft import apply_bitfit
+    apply_bitfit(model)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _adapter_ktlab(h, dw, db, uw, ub):
+    from ktlab.transfer.peft import Adapter
+    adapter = Adapter(h.shape[-1], dw.shape[0])
+    adapter.load_state_dict({"down.weight": dw, "down.bias": db, "up.weight": uw, "up.bias": ub})
+    return adapter(h).detach()
+
+
+def _merge_lora_ktlab(W, A, B, alpha, r):
+    from ktlab.transfer.peft import LoRALinear
+    layer = LoRALinear(nn.Linear(W.shape[1], W.shape[0]), r=r, alpha=alpha)
+    with torch.no_grad():
+        for param, value in ((layer.base.weight, W), (layer.lora_A, A), (layer.lora_B, B)):
+            param.copy_(value)
+    layer.merge()
+    return layer.base.weight.detach()
+
+
 KTLAB_REFERENCES = [("00.softmax", ref.softmax_with_temperature),
                     ("01.attention", _attention_ktlab), ("02.mlm_mask", _mlm_ktlab),
                     ("03.kd_loss", _kd_ktlab), ("05.token_kd_loss", _token_kd_ktlab),
                     ("03.interpolate", _interpolate_ktlab), ("03.lora", _lora_ktlab),
-                    ("04.bilstm_forward", _bilstm_ktlab)]
+                    ("04.bilstm_forward", _bilstm_ktlab), ("07.bitfit_params", _bitfit_ktlab),
+                    ("07.adapter_forward", _adapter_ktlab), ("07.merge_lora", _merge_lora_ktlab)]
 
 
 @pytest.mark.parametrize("task_id,obj", KTLAB_REFERENCES, ids=[t for t, _ in KTLAB_REFERENCES])
@@ -352,11 +452,16 @@ def test_a_failed_core_case_caps_the_score_and_reaches_the_batch_grader():
         TASKS.pop("99.capped")
 
 
-def test_checks_do_not_touch_the_global_rng():
+@pytest.mark.parametrize("task_id,obj", [("00.softmax", ref.softmax_with_temperature),
+                                         ("07.bitfit_params", _bitfit_no_head),
+                                         ("07.adapter_forward", _adapter_tanh_gelu),
+                                         ("07.merge_lora", _merge_lora_in_place),
+                                         ("07.probe_drop", _probe_drop)])
+def test_checks_do_not_touch_the_global_rng(task_id, obj):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    run_check("00.softmax", ref.softmax_with_temperature)
+    run_check(task_id, obj)
     assert torch.equal(torch.rand(3), expected)
 
 

@@ -6,6 +6,26 @@ import torch
 from ktlab.grading.registry import Checker
 
 
+def own_rng():
+    """A context in which seeding and module initialisation leave the global RNG as it was."""
+    return torch.random.fork_rng(devices=[])
+
+
+def tiny_bert(layers: int, seed: int, kind: str = "sequence", hidden: int = 16,
+              num_labels: int = 2):
+    """A seeded tiny BERT (``kind``: "sequence" or "token" classifier, or the bare "base"
+    encoder), built without touching the global RNG the student's code may rely on."""
+    from transformers import (BertConfig, BertForSequenceClassification,
+                              BertForTokenClassification, BertModel)
+    cls = {"sequence": BertForSequenceClassification, "token": BertForTokenClassification,
+           "base": BertModel}[kind]
+    with own_rng():
+        torch.manual_seed(seed)
+        return cls(BertConfig(vocab_size=50, hidden_size=hidden, num_hidden_layers=layers,
+                              num_attention_heads=2, intermediate_size=2 * hidden,
+                              max_position_embeddings=32, num_labels=num_labels))
+
+
 def scalar(value, t: Checker, what: str = "loss") -> float:
     """A 0-d tensor or a number as a float, or a failed case that says what was returned."""
     if value is None:

@@ -12,16 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ktlab.grading.checks._shared import t2_factor_case
+from ktlab.grading.checks._shared import t2_factor_case, tiny_bert as _tiny_bert
 from ktlab.grading.registry import Checker, task
-
-
-def _tiny_bert(layers: int, seed: int):
-    from transformers import BertConfig, BertForSequenceClassification
-    torch.manual_seed(seed)
-    return BertForSequenceClassification(BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=32, num_labels=2))
 
 
 @task("03.kd_loss", points=3, title="the distillation loss with temperature",
