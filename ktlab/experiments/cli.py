@@ -138,6 +138,30 @@ def _run_multitask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _peft_args(parser: argparse.ArgumentParser) -> None:
+    from ktlab.experiments.peft import METHODS, PROFILE_METHODS
+    parser.add_argument("--methods", default=None,
+                        help=f"comma-separated methods, from {','.join(METHODS)} (default: the "
+                             f"profile's; quick: {','.join(PROFILE_METHODS['quick'])}; bench "
+                             "and full: all)")
+
+
+def _run_peft(args: argparse.Namespace) -> int:
+    import matplotlib
+    matplotlib.use("Agg")  # PNG files only: no window, no display needed
+    from ktlab.experiments import peft
+    out = args.out or f"runs/peft-{args.profile or 'quick'}"
+    try:
+        methods = peft.parse_methods(args.methods) if args.methods is not None else None
+        peft.run(profile=args.profile, teacher=args.teacher, methods=methods, out_dir=out,
+                 seed=args.seed, use_cache=not args.no_cache, progress=args.progress,
+                 max_examples=args.max_examples, max_steps=args.max_steps)
+    except peft.ConfigError as err:
+        print(f"ktlab run peft: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 EXPERIMENTS = [
     Experiment("sentiment", "SST-2: fine-tune a teacher, distil it into BiLSTM/CNN/tiny "
                "Transformer students, measure accuracy, size and speed",
@@ -151,6 +175,10 @@ EXPERIMENTS = [
     Experiment("multitask", "SST-2 + CoNLL NER/POS/chunking: one shared encoder vs single-task "
                "baselines, three task samplers, multi-task distillation",
                _multitask_args, _run_multitask),
+    Experiment("peft", "SST-2 with parameter-efficient methods (head, BitFit, LoRA and its "
+               "rank, adapters, peft's LoRA) beside full fine-tuning, L2-SP and Mixout: "
+               "accuracy, cost, and forgetting (CKA, a POS probe, the WiSE-FT frontier)",
+               _peft_args, _run_peft),
 ]
 
 
