@@ -157,14 +157,29 @@ def load_models(out: Path, ktlab_dir: Path | None) -> dict:
     if (out / "hf-trainer").is_dir():
         models["anchor: transformers.Trainer MiniLM"] = \
             transformers.AutoModelForSequenceClassification.from_pretrained(out / "hf-trainer")
+    bilstm = plain_bilstm(30522)
     if (out / "bilstm.pt").is_file():
-        bilstm = plain_bilstm(30522)
         bilstm.load_state_dict(torch.load(out / "bilstm.pt", map_location="cpu"))
+        models["anchor: plain BiLSTM"] = bilstm
+    elif anchors_trained(out).get("bilstm"):
+        print("[anchors] plain BiLSTM weights not cached: timing its architecture (speed does "
+              "not depend on the weight values; its accuracy is read from anchors.json)")
         models["anchor: plain BiLSTM"] = bilstm
     if ktlab_dir is not None:
         from ktlab.experiments import sentiment
-        models.update(sentiment.load_bench_models(ktlab_dir))
+        try:
+            models.update(sentiment.load_bench_models(ktlab_dir))
+        except FileNotFoundError as err:
+            print(f"[anchors] {err}: timing ktlab's architectures instead (same sizes, "
+                  "pretrained teacher weights, untrained student; accuracies from results.json)")
+            models.update(sentiment.load_bench_architectures(ktlab_dir))
     return models
+
+
+def anchors_trained(out: Path) -> dict:
+    """Which anchors an earlier run recorded in ``anchors.json`` (beside the cache folder)."""
+    report = out.parent / "anchors.json"
+    return json.loads(report.read_text()) if report.is_file() else {}
 
 
 def compare(models: dict, dev_items, pad_id: int, anchors: dict, ktlab_dir: Path | None) -> dict:
@@ -245,6 +260,12 @@ def main() -> None:
     report["side_by_side"] = compare(models, dev_items, tokenizer.pad_token_id,
                                      report, ktlab_dir)
     report["side_by_side"]["ktlab_run"] = str(ktlab_dir) if ktlab_dir else None
+    report["side_by_side"]["timed_weights"] = {
+        "ktlab": "trained (from the run's cache)" if ktlab_dir and any(
+            (ktlab_dir / "cache").glob("*/teacher/model.pt")) else
+        "architectures only (run cache absent; speed does not depend on weight values)",
+        "plain BiLSTM": "trained" if (models_dir / "bilstm.pt").is_file() else
+        "architecture only (weights not cached)"}
     _atomic_json(report, report_file)
     print(f"[anchors] wrote {report_file}")
 

@@ -58,6 +58,19 @@ def load_bench_models(run_dir: str | Path) -> dict:
     return models
 
 
+def load_bench_architectures(run_dir: str | Path) -> dict:
+    """The same teacher and best-BiLSTM *architectures* as :func:`load_bench_models`, built
+    without the run's cache (pretrained teacher, untrained student): for timing only, since a
+    model's speed depends on its shapes, not on its weight values."""
+    from ktlab.experiments import classify
+    results = load_results(run_dir)
+    labels = len(results["label_names"])
+    teacher = classify.build_teacher(results["teacher_name"], labels, results["seed"])
+    best = results["summary"]["bilstm"]["best"].split("/")[1]
+    student = classify.build_student("bilstm", CONDITIONS[best], teacher, 30522, labels, 0, 0)
+    return {"ktlab: teacher": teacher, f"ktlab: bilstm/{best}": student}
+
+
 def bench_headline_records(results: dict) -> dict:
     """The rows the anchors are compared with: the teacher and the best BiLSTM."""
     best = results["summary"]["bilstm"]["best"]
