@@ -34,6 +34,19 @@ def goals(bench: dict) -> list[tuple[str, str, bool]]:
     ]
 
 
+def best_thread_speedup(levers: dict) -> tuple[str, bool]:
+    """BiLSTM ÷ teacher throughput at batch 32 with each model on its own best thread count
+    (the "1 vs 2 threads" lever of ``levers.json``: an LSTM at batch 32 is overhead-bound and
+    runs faster on one thread, the teacher's matrix products gain from two)."""
+    t = levers["teacher_2_vs_1_threads_throughput"]
+    b = levers["bilstm_2_vs_1_threads_throughput"]
+    t_best, b_best = max(t["on"], t["off"]), max(b["on"], b["off"])
+    threads = (2 if t["on"] >= t["off"] else 1, 2 if b["on"] >= b["off"] else 1)
+    ratio = b_best / t_best
+    return (f"{ratio:.1f}x (teacher {t_best:.0f} sent/s on {threads[0]} thread(s), BiLSTM "
+            f"{b_best:.0f} on {threads[1]}; levers.json, measured side by side)", ratio >= 10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bench", default=str(ROOT / "results" / "sentiment-bench"))
@@ -44,7 +57,12 @@ def main() -> None:
     bench = sentiment.load_results(args.bench)
     print(sentiment.markdown_table(bench) + "\n")
     print("| goal | measured | |\n|---|---|---|")
-    for goal, value, met in goals(bench):
+    rows = goals(bench)
+    levers_file = Path(args.bench) / "levers.json"
+    if levers_file.is_file():
+        value, met = best_thread_speedup(json.loads(levers_file.read_text())["levers"])
+        rows.append(("... with each model on its best thread count", value, met))
+    for goal, value, met in rows:
         print(f"| {goal} | {value} | {'met' if met else '**not met**'} |")
     for student in bench["students_requested"]:
         s = bench["summary"].get(student)
@@ -72,7 +90,6 @@ def main() -> None:
             print(f"| {r['ktlab']} | {r['anchor']} | {r['accuracy_diff_points']:+.1f} | "
                   f"{r['mcnemar_p']:.2g} | {r['throughput_ratio']:.2f}x | "
                   f"{r['latency_ratio']:.2f}x |")
-    levers_file = Path(args.bench) / "levers.json"
     if levers_file.is_file():
         levers = json.loads(levers_file.read_text())["levers"]
         print("\n| speed lever | on | off | on/off |\n|---|---|---|---|")
