@@ -193,3 +193,58 @@ def verdict(test: dict, alpha: float = 0.05) -> str:
     if test["p_value"] >= alpha:
         return "no measurable difference"
     return "better" if test["difference"] > 0 else "worse"
+
+
+def paired_difference_interval(pred_a: Sequence[int], pred_b: Sequence[int],
+                               labels: Sequence[int], level: float = 0.95) -> dict:
+    """The accuracy difference A - B of two classifiers scored on the *same* examples, with
+    its Wald confidence interval for paired proportions.
+
+    With ``b`` examples only A gets right and ``c`` only B gets right, out of ``n``:
+    ``d = (b - c) / n`` and ``se = sqrt(b + c - (b - c)**2 / n) / n``; the interval is
+    ``d +- z * se`` with ``z`` the normal quantile of ``(1 + level) / 2``. The examples both
+    models get right (or wrong) carry no information about the difference, which is why this
+    interval is much narrower than one that treats the two accuracies as independent samples.
+    ``significant``: the interval excludes 0. (With only a handful of discordant examples
+    prefer McNemar's exact test, :func:`mcnemar_test`.)"""
+    import math
+
+    from scipy.stats import norm
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    if len(labels) == 0:
+        raise ValueError("paired_difference_interval needs at least one example")
+    test = mcnemar_test(pred_a, pred_b, labels)
+    n, b, c = len(labels), test["a_only"], test["b_only"]
+    d = (b - c) / n
+    half = float(norm.ppf((1 + level) / 2)) * math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
+    low, high = d - half, d + half
+    return {"difference": d, "low": low, "high": high, "level": level, "n": n, "a_only": b,
+            "b_only": c, "significant": bool(low > 0 or high < 0)}
+
+
+def seed_difference_interval(deltas: Sequence[float], level: float = 0.95) -> dict:
+    """Mean and sample standard deviation of per-seed paired differences (a model's score minus
+    the baseline's *with the same seed*), with the t confidence interval of the mean and the
+    verdict: ``"helped"`` where the interval lies above 0, ``"hurt"`` where it lies below, else
+    ``"no measurable difference"`` (always, with a single seed: one run says nothing about the
+    spread). With 3 seeds the half-width is ``t(0.975, 2) * std / sqrt(3) = 2.48 std``."""
+    import math
+
+    from scipy.stats import t as student_t
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    deltas = [float(d) for d in deltas]
+    n = len(deltas)
+    if n == 0:
+        raise ValueError("seed_difference_interval needs at least one paired difference")
+    mean = statistics.fmean(deltas)
+    std = statistics.stdev(deltas) if n > 1 else 0.0
+    if n < 2:
+        low, high = -math.inf, math.inf
+    else:
+        half = float(student_t.ppf((1 + level) / 2, n - 1)) * std / math.sqrt(n)
+        low, high = mean - half, mean + half
+    out = "helped" if low > 0 else "hurt" if high < 0 else "no measurable difference"
+    return {"mean": mean, "std": std, "n": n, "low": low, "high": high, "level": level,
+            "verdict": out}

@@ -117,6 +117,129 @@ def _probe_drop_fraction(probe, before, after, labels):
     return _probe_drop(probe, before, after, labels) / 100
 
 
+# result tasks (notebooks 03-06): the student runs a computation on real, seeded data and returns
+# the number or decision; a typical wrong result keeps at most a third of the points
+def _sweep(target, source, batch, betas, *, fixed_start=True, pick=min):
+    from ktlab.transfer.interpolate import interpolate
+    start = {k: v.clone() for k, v in target.state_dict().items()}
+    target.eval()
+    losses = []
+    for beta in betas:
+        interpolate(target, source, beta, initial=start if fixed_start else None)
+        with torch.no_grad():
+            logits = target(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        losses.append(float(F.cross_entropy(logits, batch["labels"])))
+    return betas[losses.index(pick(losses))]
+
+
+def _sweep_argmax(target, source, batch, betas):  # the worst β, not the best
+    return _sweep(target, source, batch, betas, pick=max)
+
+
+def _sweep_compounding(target, source, batch, betas):  # blends into the previous blend
+    return _sweep(target, source, batch, betas, fixed_start=False)
+
+
+def _sweep_wise_ft(target, source, batch, betas):
+    from ktlab.transfer.regularize import wise_ft_sweep
+    start = {k: v.clone() for k, v in target.state_dict().items()}  # not references: they change
+    rows = wise_ft_sweep(target, start, source.state_dict(), betas,
+                         lambda m: {"loss": float(F.cross_entropy(m.eval()(
+                             input_ids=batch["input_ids"],
+                             attention_mask=batch["attention_mask"]).logits.detach(),
+                             batch["labels"]))})
+    return min(rows, key=lambda r: r["loss"])["beta"]
+
+
+def _interval_unpaired(pred_a, pred_b, labels, level=0.95):
+    from scipy.stats import norm
+    n = len(labels)
+    pa, pb = (sum(int(p == y) for p, y in zip(pred, labels)) / n for pred in (pred_a, pred_b))
+    half = norm.ppf((1 + level) / 2) * math.sqrt(pa * (1 - pa) / n + pb * (1 - pb) / n)
+    return {"difference": pa - pb, "low": pa - pb - half, "high": pa - pb + half,
+            "significant": not pa - pb - half <= 0 <= pa - pb + half}
+
+
+def _interval_ktlab(pred_a, pred_b, labels, level=0.95):
+    from ktlab.metrics import paired_difference_interval
+    return paired_difference_interval(pred_a, pred_b, labels, level)
+
+
+def _mcnemar_by_size(pred_a, pred_b, labels):  # right p-value, verdict from the gap in points
+    from ktlab.metrics import mcnemar_test
+    test = mcnemar_test(pred_a, pred_b, labels)
+    gap = test["difference"]
+    return {"p_value": test["p_value"], "verdict": "no measurable difference" if abs(gap) < 0.01
+            else "better" if gap > 0 else "worse"}
+
+
+def _mcnemar_ktlab(pred_a, pred_b, labels):
+    from ktlab.metrics import mcnemar_test, verdict
+    test = mcnemar_test(pred_a, pred_b, labels)
+    return {"p_value": test["p_value"], "verdict": verdict(test)}
+
+
+def _accuracy_wald(pred, labels, level=0.95):
+    from scipy.stats import norm
+    p = sum(int(a == y) for a, y in zip(pred, labels)) / len(labels)
+    half = norm.ppf((1 + level) / 2) * math.sqrt(p * (1 - p) / len(labels))
+    return {"accuracy": p, "low": p - half, "high": p + half}
+
+
+def _accuracy_ktlab(pred, labels, level=0.95):
+    from ktlab.metrics import accuracy_interval
+    return accuracy_interval([int(a) == int(y) for a, y in zip(pred, labels)], level)
+
+
+def _f1_token_level(gold, pred):  # scores tags, not entities
+    tp = sum(g == p != "O" for gs, ps in zip(gold, pred) for g, p in zip(gs, ps))
+    n_pred = sum(p != "O" for ps in pred for p in ps)
+    n_gold = sum(g != "O" for gs in gold for g in gs)
+    return 0.0 if tp == 0 else 100 * 2 * tp / (n_pred + n_gold)
+
+
+def _f1_ktlab(gold, pred):
+    from ktlab.tagging import ner_scores
+    return ner_scores(gold, pred)["f1"]
+
+
+def _breakdown_overlap_is_boundary(gold, pred):  # no type+boundary class
+    from ktlab.tagging import error_breakdown
+    counts = error_breakdown(gold, pred)
+    counts["boundary"] += counts.pop("type+boundary", 0)
+    counts["type+boundary"] = 0
+    return counts
+
+
+def _breakdown_ktlab(gold, pred):
+    from ktlab.tagging import error_breakdown
+    return error_breakdown(gold, pred)
+
+
+def _draws(sizes, temperature, steps, seed, strategy="temperature"):
+    from ktlab.transfer.multitask import TaskSampler
+    drawn = TaskSampler(sizes, strategy, temperature, seed).draw(steps)
+    return {name: drawn.count(name) for name in sizes}
+
+
+def _draws_proportional(sizes, temperature, steps, seed):  # the temperature is ignored
+    return _draws(sizes, temperature, steps, seed, strategy="proportional")
+
+
+def _seed_delta_ktlab(runs, model, task):
+    from ktlab.metrics import seed_difference_interval
+    base = {r["seed"]: r["score"] for r in runs if r["model"] == "single-task" and r["task"] == task}
+    return seed_difference_interval([r["score"] - base[r["seed"]] for r in runs if r["model"] == model
+                                     and r["task"] == task and r["seed"] in base])
+
+
+def _seed_delta_sign_only(runs, model, task):  # "helped" whenever the mean is positive
+    out = dict(_seed_delta_ktlab(runs, model, task))
+    out["verdict"] = "helped" if out["mean"] > 0 else "hurt"
+    return out
+
+
+
 # (task, student, expected points, text that must appear in the failure reasons)
 WRONG = [
     # T ignored: 4 of 7 cases pass, but the core case fails: capped at 0.66 (a third, rounded down)
@@ -141,6 +264,25 @@ WRONG = [
     ("07.merge_lora", _merge_lora_in_place, 1.71, "changed W in place"),
     ("07.probe_drop", _probe_drop_fraction, 0.86, "multiply the accuracies by 100"),
     ("07.probe_drop", _probe_drop, 2.0, ""),  # counts instead of means: the same points
+    # result tasks: a typical wrong result keeps at most a third, the right one every point
+    ("03.beta_sweep", _sweep_compounding, 0.66, "pass initial="),
+    ("03.beta_sweep", _sweep_argmax, 0.0, "the *highest* loss"),
+    ("03.beta_sweep", _sweep, 2.0, ""),
+    ("03.beta_sweep", _sweep_wise_ft, 2.0, ""),
+    ("03.difference_interval", _interval_unpaired, 0.0, "treats the two accuracies as independent"),
+    ("03.difference_interval", _interval_ktlab, 2.0, ""),
+    ("04.mcnemar", _mcnemar_by_size, 0.66, "only where p < 0.05"),
+    ("04.mcnemar", _mcnemar_ktlab, 2.0, ""),
+    ("04.accuracy_interval", _accuracy_wald, 0.0, "the normal approximation"),
+    ("04.accuracy_interval", _accuracy_ktlab, 2.0, ""),
+    ("05.entity_f1", _f1_token_level, 0.0, "tags that merely overlap earn nothing"),
+    ("05.entity_f1", _f1_ktlab, 2.0, ""),
+    ("05.error_breakdown", _breakdown_overlap_is_boundary, 0.0, "type+boundary 0 (expected"),
+    ("05.error_breakdown", _breakdown_ktlab, 2.0, ""),
+    ("06.sampler_draws", _draws_proportional, 0.66, "the temperature T=3.0 is ignored"),
+    ("06.sampler_draws", _draws, 2.0, ""),
+    ("06.seed_delta", _seed_delta_sign_only, 0.66, "should be 'no measurable difference'"),
+    ("06.seed_delta", _seed_delta_ktlab, 2.0, ""),
 ]
 
 
@@ -293,6 +435,15 @@ MISSES_THE_POINT = [
     ("07.merge_lora", _merge_lora_scaled_by_alpha, "scaled by alpha / r", 0.57),
     ("07.probe_drop", _probe_drop_sign_flipped, "the sign: positive means forgetting", 0.57),
     ("07.probe_drop", _probe_drop_refit, "one fixed probe reads both feature sets", 0.57),
+    # the result tasks of notebooks 03-06 (the last column: the score without the cap)
+    ("03.beta_sweep", _sweep_compounding, "every β starts from the target's own weights", 1.2),
+    ("03.difference_interval", _interval_unpaired, "paired: 30 vs 12 discordant", 0.0),
+    ("04.mcnemar", _mcnemar_by_size, "the verdict comes from p < 0.05", 1.71),
+    ("04.accuracy_interval", _accuracy_wald, "the edges", 0.0),
+    ("05.entity_f1", _f1_token_level, "type and both boundaries", 0.0),
+    ("05.error_breakdown", _breakdown_overlap_is_boundary, "a right span with the wrong type", 0.0),
+    ("06.sampler_draws", _draws_proportional, "the temperature is applied", 0.67),
+    ("06.seed_delta", _seed_delta_sign_only, "a positive mean is not enough", 1.25),
 ]
 
 
@@ -456,7 +607,9 @@ def test_a_failed_core_case_caps_the_score_and_reaches_the_batch_grader():
                                          ("07.bitfit_params", _bitfit_no_head),
                                          ("07.adapter_forward", _adapter_tanh_gelu),
                                          ("07.merge_lora", _merge_lora_in_place),
-                                         ("07.probe_drop", _probe_drop)])
+                                         ("07.probe_drop", _probe_drop),
+                                         ("03.beta_sweep", _sweep),
+                                         ("06.sampler_draws", _draws)])
 def test_checks_do_not_touch_the_global_rng(task_id, obj):
     torch.manual_seed(123)
     expected = torch.rand(3)

@@ -91,3 +91,39 @@ def test_mcnemar_counts_only_discordant_pairs_and_verdict_needs_significance():
     assert close["p_value"] == 1.0 and verdict(close) == "no measurable difference"
     with pytest.raises(ValueError, match="length"):
         mcnemar_test([1], [1, 0], [1])
+
+
+def test_paired_difference_interval_uses_only_the_discordant_examples():
+    from ktlab.metrics import paired_difference_interval
+    labels = [1] * 872
+    a = [1] * 760 + [0] * 112                       # 87.2%
+    b = [1] * 730 + [0] * 30 + [1] * 12 + [0] * 100  # 85.1%: 30 only A right, 12 only B right
+    ci = paired_difference_interval(a, b, labels)
+    d, se = 18 / 872, math.sqrt(42 - 18 ** 2 / 872) / 872
+    assert (ci["a_only"], ci["b_only"], ci["n"]) == (30, 12, 872)
+    assert ci["difference"] == pytest.approx(d)
+    assert (ci["low"], ci["high"]) == (pytest.approx(d - 1.959964 * se), pytest.approx(d + 1.959964 * se))
+    assert ci["significant"]
+    # treated as two independent accuracies the interval would be ~2.2x wider and include 0
+    unpaired = 1.96 * math.sqrt(0.872 * 0.128 / 872 + 0.851 * 0.149 / 872)
+    assert d - unpaired < 0 < ci["low"]
+    same = paired_difference_interval(a, a, labels)
+    assert (same["low"], same["high"], same["significant"]) == (0.0, 0.0, False)
+    assert paired_difference_interval(b, a, labels)["high"] == pytest.approx(-ci["low"])
+    with pytest.raises(ValueError):
+        paired_difference_interval([], [], [])
+
+
+def test_seed_difference_interval_needs_the_t_interval_to_exclude_zero():
+    from scipy.stats import t
+    from ktlab.metrics import seed_difference_interval
+    out = seed_difference_interval([1.0, 2.0, 3.0])
+    half = t.ppf(0.975, 2) * 1.0 / math.sqrt(3)
+    assert (out["mean"], out["std"], out["n"]) == (2.0, 1.0, 3)
+    assert (out["low"], out["high"]) == (pytest.approx(2 - half), pytest.approx(2 + half))
+    assert out["verdict"] == "no measurable difference"       # positive mean, interval holds 0
+    assert seed_difference_interval([1.8, 2.0, 2.2])["verdict"] == "helped"
+    assert seed_difference_interval([-2.1, -2.9, -3.5])["verdict"] == "hurt"
+    assert seed_difference_interval([5.0])["verdict"] == "no measurable difference"
+    with pytest.raises(ValueError):
+        seed_difference_interval([])

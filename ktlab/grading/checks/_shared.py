@@ -1,6 +1,8 @@
 """Helpers shared by several notebooks' checks (not a notebook: ``load_all`` skips it)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ktlab.grading.registry import Checker
@@ -62,3 +64,56 @@ def t2_factor_case(t: Checker, loss_at) -> None:
                   f"doubling the logits and T (T={temp} -> {2 * temp}) multiplied your loss by "
                   f"{ratio:.4g}, expected {want:.4g}: soften both logits by T and multiply the "
                   "KL by temperature ** 2.")
+
+
+def paired_predictions(t: Checker, n: int, seed: int, counts: Optional[tuple] = None,
+                       shares: tuple = (0.78, 0.07, 0.05)) -> tuple:
+    """Seeded ``(pred_a, pred_b, labels)`` of two binary classifiers scored on the same ``n``
+    examples: the share (or, with ``counts``, the number) of examples both get right, only A
+    gets right and only B gets right; the rest both get wrong. Lists of ints, shuffled."""
+    if counts is None:
+        counts = tuple(int(round(s * n)) for s in shares)
+    both, a_only, b_only = counts
+    kinds = [0] * both + [1] * a_only + [2] * b_only + [3] * (n - both - a_only - b_only)
+    order = torch.randperm(n, generator=t.generator(seed)).tolist()
+    labels = t.randint(0, 2, n, seed=seed + 1).tolist()
+    pred_a, pred_b = [0] * n, [0] * n
+    for i, kind in zip(order, kinds):
+        y = labels[i]
+        pred_a[i] = y if kind in (0, 1) else 1 - y
+        pred_b[i] = y if kind in (0, 2) else 1 - y
+    return pred_a, pred_b, labels
+
+
+def bench_pairs(pairs) -> list:
+    """``(name_a, name_b, pred_a, pred_b, labels)`` for model pairs of the committed sentiment
+    bench; empty when ``results/sentiment-bench`` is not there (the check then skips them)."""
+    from ktlab.grading import fixtures
+    if not fixtures.has_bench("sentiment-bench"):
+        return []
+    bench = fixtures.sentiment_bench()
+    preds = bench["predictions"]
+    return [(a, b, preds[a], preds[b], bench["labels"]) for a, b in pairs
+            if a in preds and b in preds]
+
+
+def result_dict(got, keys, t: Checker, what: str = "result") -> dict:
+    """``got`` as a dict holding ``keys``, or a failed case that says what is missing."""
+    if got is None:
+        t.fail("your function returned None; did you forget `return`?")
+    t.is_true(isinstance(got, dict), f"return a dict with the keys {list(keys)}, got a "
+              f"{type(got).__name__}.")
+    missing = [k for k in keys if k not in got]
+    t.is_true(not missing, f"the {what} lacks the key(s) {missing}; return a dict with "
+              f"{list(keys)}.")
+    return got
+
+
+def close(t: Checker, got, want: float, what: str, *, atol: float = 1e-6, hint: str = "") -> None:
+    """One number compared with the reference, with a sentence (and a hint) when it is off."""
+    try:
+        value = float(got)
+    except (TypeError, ValueError):
+        t.fail(f"the {what} must be a number, got {type(got).__name__}.")
+    t.is_true(abs(value - want) <= atol + 1e-6 * abs(want),
+              f"the {what} is {value:.6g}, expected {want:.6g}." + (f" Hint: {hint}" if hint else ""))

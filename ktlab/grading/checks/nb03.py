@@ -1,18 +1,30 @@
 """Checks for ``solutions/03_transfer_math.ipynb``: the KD loss with temperature, β-interpolation,
-freezing the bottom k layers, and a LoRA linear layer.
+freezing the bottom k layers, a LoRA linear layer; and two result tasks: the best β of a sweep on
+SST-2 dev sentences, and the 95% interval of a paired accuracy difference with its verdict.
 
 References are ktlab's own code (:func:`ktlab.transfer.distill.kd_loss`,
 :func:`ktlab.transfer.interpolate.interpolate`, :func:`ktlab.transfer.freeze.freeze_bottom_k`,
 :class:`ktlab.transfer.peft.LoRALinear`) run on seeded random inputs and tiny BERTs of several
 shapes, so a hard-coded answer cannot pass. Core cases (a failure caps the task at 1/3): the
 T**2 factor; β weighting the source and 1 - β the target; the embeddings and the *bottom* k
-layers frozen; the low-rank update scaled by α / r on a frozen base layer.
+layers frozen; the low-rank update scaled by α / r on a frozen base layer; every β of a sweep
+blended from the same starting weights; the interval of a difference computed from the *paired*
+(discordant) examples.
+
+The result tasks are checked on seeded inputs and on the real data of the notebook's own call
+(:mod:`ktlab.grading.fixtures`), against :func:`ktlab.transfer.regularize.wise_ft_sweep` and
+:func:`ktlab.metrics.paired_difference_interval`.
 """
 from __future__ import annotations
 
-import torch
+import copy
 
-from ktlab.grading.checks._shared import t2_factor_case, tiny_bert as _tiny_bert
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ktlab.grading.checks._shared import (bench_pairs, close, paired_predictions, result_dict,
+                                          t2_factor_case, tiny_bert as _tiny_bert)
 from ktlab.grading.registry import Checker, task
 
 
@@ -185,3 +197,137 @@ def check_lora(cls, t: Checker) -> None:
         trainable = {n for n, p in layer.named_parameters() if p.requires_grad}
         t.is_true(trainable == {"lora_A", "lora_B"},
                   f"only lora_A and lora_B may be trainable; trainable now: {sorted(trainable)}.")
+
+
+# ----------------------------------------------------------------------------- result tasks
+def _dev_loss(model, batch) -> float:
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return float(F.cross_entropy(logits, batch["labels"]))
+
+
+def _sweep_losses(target, source, batch, betas) -> list:
+    """ktlab's sweep: W(β) = β W_S + (1 - β) W_T0 from the target's own weights at every β."""
+    from ktlab.transfer.regularize import wise_ft_sweep
+    rows = wise_ft_sweep(copy.deepcopy(target), target.state_dict(), source.state_dict(), betas,
+                         lambda m: {"loss": _dev_loss(m, batch)})
+    return [row["loss"] for row in rows]
+
+
+def _random_batch(t: Checker, batch: int, length: int, seed: int) -> dict:
+    mask = t.padding_mask(batch, length, seed=seed, full_first=True)
+    return {"input_ids": t.randint(1, 50, batch, length, seed=seed + 1) * mask,
+            "attention_mask": mask, "labels": t.randint(0, 2, batch, seed=seed + 2)}
+
+
+def _sweep_case(fn, t: Checker, target, source, batch, betas, losses=None, hint: str = "") -> None:
+    losses = losses or _sweep_losses(target, source, batch, betas)
+    got = fn(copy.deepcopy(target), copy.deepcopy(source), {k: v.clone() for k, v in batch.items()},
+             list(betas))
+    if got is None:
+        t.fail("your function returned None; did you forget `return`?")
+    try:
+        got = float(got)
+    except (TypeError, ValueError):
+        t.fail(f"return the best β as a number, got {type(got).__name__}.")
+    matches = [i for i, b in enumerate(betas) if abs(b - got) < 1e-9]
+    t.is_true(bool(matches), f"you returned β={got:g}, which is not one of the βs swept {betas}.")
+    best = min(range(len(betas)), key=losses.__getitem__)
+    mine = losses[matches[0]]
+    if mine > losses[best] + 1e-6:
+        if not hint:
+            worst = max(range(len(betas)), key=losses.__getitem__)
+            hint = ("that is the β with the *highest* loss: return the argmin." if matches[0] == worst
+                    else "switch both models to eval() (dropout makes every loss random) and "
+                         "blend every β from the target's own starting weights.")
+        t.fail(f"β={got:g} gives dev loss {mine:.5f}, but β={betas[best]:g} gives "
+               f"{losses[best]:.5f}. Hint: {hint}")
+
+
+@task("03.beta_sweep", points=2, title="the best β of an interpolation sweep (a result)",
+      hint="For each β: copy the target, interpolate(copy, source, beta) from the target's own "
+           "weights, eval(), mean cross-entropy on the batch; return the β of the lowest loss.")
+def check_beta_sweep(fn, t: Checker) -> None:
+    t.callable(fn, "your best_beta function")
+    grids = [(0.0, 0.25, 0.5, 0.75, 1.0), tuple(i / 10 for i in range(11)), (0.2, 0.4, 0.6, 0.8)]
+    for seed, betas in enumerate(grids):
+        with t.case(f"tiny BERTs (seeds {10 + seed}, {20 + seed}), random batch, {len(betas)} βs"):
+            target, source = _tiny_bert(1 + seed % 2, 10 + seed), _tiny_bert(1 + seed % 2, 20 + seed)
+            _sweep_case(fn, t, target, source, _random_batch(t, 12, 9, seed=30 + seed), betas)
+    with t.case("every β starts from the target's own weights (βs in descending order)",
+                core=True):
+        betas = (1.0, 0.75, 0.5, 0.25, 0.0)
+        for seed in range(40, 60):  # a pair whose best β is not the first one swept
+            target, source = _tiny_bert(1, seed), _tiny_bert(1, 100 + seed)
+            batch = _random_batch(t, 16, 8, seed=seed)
+            losses = _sweep_losses(target, source, batch, betas)
+            if min(range(len(betas)), key=losses.__getitem__) != 0:
+                break
+        _sweep_case(fn, t, target, source, batch, betas, losses,
+                    hint="with the βs in descending order, blending into the already blended "
+                         "weights gives W = W_S at every β after the first: pass initial= (the "
+                         "target's state dict) to interpolate, or start each β from a fresh copy.")
+    with t.case("the notebook's sweep: SST-2 dev sentences, 11 βs"):
+        from ktlab.grading import fixtures
+        target, source, batch = fixtures.sweep_models()
+        _sweep_case(fn, t, target, source, batch, tuple(i / 10 for i in range(11)))
+
+
+def _interval_case(fn, t: Checker, pred_a, pred_b, labels, level: float = 0.95,
+                   concept_only: bool = False) -> None:
+    """The student's interval against ktlab's; ``concept_only``: only that it is the paired
+    one (its width within 10%) and that the verdict is right, not every digit."""
+    from ktlab.metrics import paired_difference_interval
+    want = paired_difference_interval(pred_a, pred_b, labels, level)
+    got = result_dict(fn(list(pred_a), list(pred_b), list(labels), level),
+                      ("difference", "low", "high", "significant"), t)
+    if not concept_only:
+        close(t, got["difference"], want["difference"], "difference",
+              hint="accuracy of A minus accuracy of B, as a fraction (not points).")
+    want_half = (want["high"] - want["low"]) / 2
+    try:
+        half = (float(got["high"]) - float(got["low"])) / 2
+    except (TypeError, ValueError):
+        t.fail("low and high must be numbers.")
+    if want_half > 0 and half > 1.5 * want_half:
+        t.fail(f"your interval [{float(got['low']):.4f}, {float(got['high']):.4f}] is "
+               f"{half / want_half:.1f}x too wide: it treats the two accuracies as independent "
+               "samples. They are measured on the same sentences: use only the discordant counts b "
+               "and c, se = sqrt(b + c - (b - c)**2 / n) / n.")
+    if concept_only:
+        t.is_true(want_half == 0 or abs(half / want_half - 1) < 0.1,
+                  f"your interval is {half / want_half:.2f}x the width of the paired one: se = "
+                  "sqrt(b + c - (b - c)**2 / n) / n.")
+    else:
+        close(t, got["low"], want["low"], f"lower end of the {level:.0%} interval",
+              hint="d - z * se with z = norm.ppf((1 + level) / 2) and se from b and c.")
+        close(t, got["high"], want["high"], f"upper end of the {level:.0%} interval",
+              hint="d + z * se.")
+    t.is_true(isinstance(got["significant"], (bool, np.bool_)),
+              f"'significant' must be True or False, got {got['significant']!r}.")
+    t.is_true(bool(got["significant"]) == want["significant"],
+              f"'significant' should be {want['significant']}: the difference is significant "
+              "exactly when the interval excludes 0.")
+
+
+@task("03.difference_interval", points=2,
+      title="the 95% interval of a paired accuracy difference, and its verdict (a result)",
+      hint="b = #(A right, B wrong), c = #(A wrong, B right); d = (b - c) / n; se = sqrt(b + c - "
+           "(b - c)**2 / n) / n; d -+ norm.ppf((1 + level) / 2) * se; significant: 0 outside.")
+def check_difference_interval(fn, t: Checker) -> None:
+    t.callable(fn, "your difference_interval function")
+    for seed, (n, shares, level) in enumerate([(872, (0.80, 0.06, 0.03), 0.95),
+                                               (500, (0.70, 0.08, 0.07), 0.95),
+                                               (1000, (0.85, 0.04, 0.01), 0.90),
+                                               (200, (0.60, 0.05, 0.15), 0.99)]):
+        with t.case(f"{n} seeded examples, level {level}"):
+            _interval_case(fn, t, *paired_predictions(t, n, 60 + seed, shares=shares), level)
+    with t.case("paired: 30 vs 12 discordant of 872 is significant, though the unpaired "
+                "interval holds 0", core=True):
+        _interval_case(fn, t, *paired_predictions(t, 872, 70, counts=(730, 30, 12)),
+                       concept_only=True)
+    for a, b, pred_a, pred_b, labels in bench_pairs([("teacher", "bilstm/hard+pca"),
+                                                     ("bilstm/hard+pca", "bilstm/hard")]):
+        with t.case(f"the notebook's comparison: {a} vs {b} on the 872 SST-2 dev sentences"):
+            _interval_case(fn, t, pred_a, pred_b, labels)

@@ -1,11 +1,18 @@
 """Checks for ``solutions/04_sentiment_transfer.ipynb``: the BiLSTM student's forward pass, one
-distillation step, and n-gram sampling for the transfer set.
+distillation step, n-gram sampling for the transfer set; and two result tasks on the bench's SST-2
+dev predictions: McNemar's exact p-value with its verdict, and an accuracy's exact 95% interval.
 
 References are ktlab's own code (:class:`ktlab.nn.students.BiLSTMClassifier`,
 :func:`ktlab.transfer.distill.logit_mse`), run on seeded random models and batches of several
 shapes, so a hard-coded answer cannot pass. Core cases (a failure caps the task at 1/3): packing
 (a padded sentence gives the same logits as the sentence alone); the distillation term of the
-step (alpha=0); contiguous n-grams of a length drawn from n_min..n_max.
+step (alpha=0); contiguous n-grams of a length drawn from n_min..n_max; the verdict decided by
+p < 0.05 on the discordant pairs (not by the size of the difference); the exact interval at the
+edges, where the normal approximation leaves [0, 1].
+
+The result tasks are checked on seeded predictions and on the committed bench predictions the
+notebook itself uses (:mod:`ktlab.grading.fixtures`), against :func:`ktlab.metrics.mcnemar_test`,
+:func:`ktlab.metrics.verdict` and :func:`ktlab.metrics.accuracy_interval`.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import random
 import torch
 import torch.nn.functional as F
 
+from ktlab.grading.checks._shared import bench_pairs, close, paired_predictions, result_dict
 from ktlab.grading.registry import Checker, task
 
 
@@ -155,3 +163,77 @@ def check_ngram(fn, t: Checker) -> None:
         t.is_true(words == original, "do not modify the input list.")
         t.is_true(a[0] == a[1] == a[2], "the same seed must give the same n-gram; draw only "
                   "from the rng you are given.")
+
+
+# ----------------------------------------------------------------------------- result tasks
+def _mcnemar_case(fn, t: Checker, pred_a, pred_b, labels) -> None:
+    from ktlab.metrics import mcnemar_test, verdict
+    test = mcnemar_test(pred_a, pred_b, labels)
+    got = result_dict(fn(list(pred_a), list(pred_b), list(labels)), ("p_value", "verdict"), t)
+    b, c = test["a_only"], test["b_only"]
+    close(t, got["p_value"], test["p_value"], f"p-value (b={b} only A right, c={c} only B right)",
+          atol=1e-9, hint="the two-sided exact binomial test of b out of b + c with p = 1/2 "
+                          "(scipy.stats.binomtest(b, b + c, 0.5).pvalue); p = 1 when b + c = 0.")
+    t.is_true(got["verdict"] == verdict(test),
+              f"the verdict should be {verdict(test)!r} (p = {test['p_value']:.4g}, A - B = "
+              f"{100 * test['difference']:+.1f} points), got {got['verdict']!r}: 'better' or "
+              "'worse' only where p < 0.05, else 'no measurable difference'.")
+
+
+@task("04.mcnemar", points=2, title="McNemar's exact test and its verdict (a result)",
+      hint="b = #(A right, B wrong), c = #(A wrong, B right); p = binomtest(b, b + c, 0.5).pvalue "
+           "(1 if b + c == 0); verdict: 'better'/'worse' by the sign of b - c if p < 0.05, else "
+           "'no measurable difference'.")
+def check_mcnemar(fn, t: Checker) -> None:
+    t.callable(fn, "your mcnemar_verdict function")
+    for seed, (n, shares) in enumerate([(872, (0.80, 0.06, 0.03)), (500, (0.70, 0.05, 0.09)),
+                                        (300, (0.75, 0.05, 0.05))]):
+        with t.case(f"{n} seeded examples"):
+            _mcnemar_case(fn, t, *paired_predictions(t, n, 80 + seed, shares=shares))
+    with t.case("identical predictions: p = 1, no measurable difference"):
+        a, _, labels = paired_predictions(t, 100, 90)
+        _mcnemar_case(fn, t, a, list(a), labels)
+    with t.case("the verdict comes from p < 0.05, not from the size of the difference",
+                core=True):
+        # 5 points apart but p = 0.099: no measurable difference; 3 vs 12: B is better (p = 0.035)
+        _mcnemar_case(fn, t, *paired_predictions(t, 200, 91, counts=(150, 20, 10)))
+        _mcnemar_case(fn, t, *paired_predictions(t, 200, 92, counts=(150, 3, 12)))
+    for a, b, pred_a, pred_b, labels in bench_pairs([("bilstm/kd+aug", "bilstm/hard"),
+                                                     ("bilstm/kd+aug+pca", "bilstm/hard")]):
+        with t.case(f"the notebook's comparison: {a} vs {b} on the 872 SST-2 dev sentences"):
+            _mcnemar_case(fn, t, pred_a, pred_b, labels)
+
+
+def _accuracy_case(fn, t: Checker, pred, labels, level: float = 0.95) -> None:
+    from ktlab.metrics import accuracy_interval
+    want = accuracy_interval([int(p) == int(y) for p, y in zip(pred, labels)], level)
+    got = result_dict(fn(list(pred), list(labels), level), ("accuracy", "low", "high"), t)
+    k, n = round(want["accuracy"] * want["n"]), want["n"]
+    close(t, got["accuracy"], want["accuracy"], "accuracy", hint="a fraction, not percent.")
+    for end in ("low", "high"):
+        close(t, got[end], want[end], f"{'lower' if end == 'low' else 'upper'} end of the exact "
+              f"{level:.0%} interval ({k} of {n} right)",
+              hint="Clopper-Pearson: low = beta.ppf(alpha / 2, k, n - k + 1) (0 when k = 0), "
+                   "high = beta.ppf(1 - alpha / 2, k + 1, n - k) (1 when k = n), alpha = 1 - level;"
+                   " the normal approximation p -+ 1.96 sqrt(p(1-p)/n) is not exact.")
+
+
+@task("04.accuracy_interval", points=2, title="an accuracy's exact 95% interval (a result)",
+      hint="k = number right, alpha = 1 - level; low = scipy.stats.beta.ppf(alpha / 2, k, n - k + "
+           "1) (0 if k == 0), high = beta.ppf(1 - alpha / 2, k + 1, n - k) (1 if k == n).")
+def check_accuracy_interval(fn, t: Checker) -> None:
+    t.callable(fn, "your accuracy_with_interval function")
+    for seed, (n, level) in enumerate([(872, 0.95), (150, 0.95), (1000, 0.90), (60, 0.99)]):
+        with t.case(f"{n} seeded predictions, level {level}"):
+            pred, _, labels = paired_predictions(t, n, 100 + seed, shares=(0.8, 0.05, 0.05))
+            _accuracy_case(fn, t, pred, labels, level)
+    with t.case("the edges: 19 of 20, 20 of 20 and 0 of 20 right stay inside [0, 1]", core=True):
+        for right in (19, 20, 0):
+            labels = [1] * 20
+            _accuracy_case(fn, t, [1] * right + [0] * (20 - right), labels)
+    from ktlab.grading import fixtures
+    if fixtures.has_bench("sentiment-bench"):
+        bench = fixtures.sentiment_bench()
+        for name in ("teacher", "bilstm/hard+pca"):
+            with t.case(f"the notebook's model: {name} on the 872 SST-2 dev sentences"):
+                _accuracy_case(fn, t, bench["predictions"][name], bench["labels"])

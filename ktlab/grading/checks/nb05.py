@@ -1,12 +1,18 @@
 """Checks for ``solutions/05_ner_transfer.ipynb``: label alignment, entity decoding, the
-token-level distillation loss, Viterbi decoding.
+token-level distillation loss, Viterbi decoding; and two result tasks on real CoNLL-2003 tags:
+the entity-level F1 of a tagger, and how its errors split into boundary and type errors.
 
 References are ktlab's own code: :func:`ktlab.data.collate.align_labels`,
 :func:`ktlab.tagging.decode_entities`, :func:`ktlab.transfer.distill.kd_loss` and
 :meth:`ktlab.nn.crf.CRF.decode`. Inputs are seeded and random, of several shapes. Core cases (a
 failure caps the task at 1/3): only a word's first sub-token is labelled; B- and a type change
 start a new entity; positions labelled -100 left out and the T**2 factor; the transitions
-matter in Viterbi.
+matter in Viterbi; an entity scored only when its type and both boundaries match; a right span
+with the wrong type is a type error, a right type with other boundaries a boundary error.
+
+The result tasks are checked on seeded corruptions of real gold tags (CoNLL-2003 validation, data
+mirror) and on the committed bench's real predictions (:mod:`ktlab.grading.fixtures`), against
+:func:`ktlab.tagging.ner_scores` and :func:`ktlab.tagging.error_breakdown`.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import random
 
 import torch
 
-from ktlab.grading.checks._shared import t2_factor_case
+from ktlab.grading.checks._shared import close, t2_factor_case
 from ktlab.grading.registry import Checker, task
 
 _TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
@@ -175,3 +181,132 @@ def check_viterbi(fn, t: Checker) -> None:
         got = [int(x) for x in fn(e, trans, torch.zeros(2), torch.zeros(2))]
         t.is_true(got == [0, 0, 0], f"with costly switches the best path is [0, 0, 0], got {got}"
                   " (the per-word argmax [0, 1, 0] ignores the transitions).")
+
+
+# ----------------------------------------------------------------------------- result tasks
+_TYPES = ("PER", "ORG", "LOC", "MISC")
+
+
+def corrupt_tags(gold, seed: int, rate: float = 0.3) -> list:
+    """A seeded imperfect tagger: each gold entity is kept, shifted by a word at one end, given
+    another type, both, or dropped, and sometimes started with I- instead of B-; some O words
+    become entities."""
+    from ktlab.tagging import decode_entities
+    rng = random.Random(seed)
+    out = []
+    for tags in gold:
+        pred = ["O"] * len(tags)
+        for kind, s, e in decode_entities(tags):
+            roll = rng.random()
+            if roll < rate * 0.65 and not rate * 0.25 <= roll < rate * 0.5:   # boundary (+type)
+                e = min(len(tags), e + 1) if rng.random() < 0.5 or e - s == 1 else e - 1
+            if rate * 0.25 <= roll < rate * 0.65:                             # type (+boundary)
+                kind = rng.choice([k for k in _TYPES if k != kind])
+            if rate * 0.65 <= roll < rate * 0.8:                              # missed
+                continue
+            pred[s:e] = [f"I-{kind}"] * (e - s)
+            if rng.random() > rate * 0.2:                # else: starts with I- (invalid IOB2)
+                pred[s] = f"B-{kind}"
+        for i, tag in enumerate(pred):
+            if tag == "O" and tags[i] == "O" and rng.random() < rate * 0.03:
+                pred[i] = f"B-{rng.choice(_TYPES)}"      # spurious
+        out.append(pred)
+    return out
+
+
+def _random_gold(seed: int, n: int) -> list:
+    from ktlab.tagging import repair_iob2
+    rng = random.Random(seed)
+    weights = [8, 1, 1, 1, 1, 1, 1, 1, 1]
+    return [repair_iob2(rng.choices(_TAGS, weights, k=rng.randint(3, 20)))[0] for _ in range(n)]
+
+
+def _tag_sets(seed: int) -> list:
+    """(name, gold, pred) for the check: random gold, real CoNLL validation gold (both with a
+    seeded imperfect tagger), and the committed bench's real test-set predictions."""
+    from ktlab.grading import fixtures
+    sets = [(f"random IOB2 gold, seeded tagger (seed {seed})", _random_gold(seed, 80),
+             None), (f"random IOB2 gold, seeded tagger (seed {seed + 1})",
+                     _random_gold(seed + 1, 40), None)]
+    sets = [(name, gold, corrupt_tags(gold, seed + i)) for i, (name, gold, _) in enumerate(sets)]
+    gold = fixtures.conll_gold("valid", 400)
+    sets.append(("CoNLL-2003 validation gold (400 sentences), seeded tagger", gold,
+                 corrupt_tags(gold, seed + 7)))
+    if fixtures.has_bench("ner-bench"):
+        bench = fixtures.ner_bench()
+        for name in ("bilstm/kd+crf+pca", "tiny/kd"):
+            sets.append((f"the notebook's tagger: {name} on the 3,453 CoNLL-2003 test sentences",
+                         bench["gold"], bench["predictions"][name]))
+    return sets
+
+
+def _copy(rows) -> list:
+    return [list(r) for r in rows]
+
+
+@task("05.entity_f1", points=2, title="entity-level F1 of a real tagger (a result)",
+      hint="Decode spans per sentence (an I-X that continues nothing starts an entity), count "
+           "the predicted spans equal to a gold span (type, start, end) over all sentences; "
+           "P = tp / #pred, R = tp / #gold, F1 = 2PR / (P + R) in percent (0 if tp = 0).")
+def check_entity_f1(fn, t: Checker) -> None:
+    from ktlab.tagging import ner_scores
+    t.callable(fn, "your entity_f1 function")
+    for name, gold, pred in _tag_sets(200):
+        with t.case(name):
+            want = ner_scores(gold, pred)["f1"]
+            close(t, fn(_copy(gold), _copy(pred)), want, "entity F1 (percent)", atol=1e-4,
+                  hint="micro-average over all sentences (sum tp, #pred, #gold first), in percent; "
+                       "a span counts only if type, start and end all match.")
+    with t.case("an entity counts only with its type and both boundaries", core=True):
+        gold = [["B-PER", "I-PER", "O", "B-LOC", "O"], ["B-ORG", "I-ORG", "I-ORG"]]
+        pred = [["B-PER", "O", "O", "B-ORG", "O"], ["B-ORG", "I-ORG", "I-ORG"]]
+        got = fn(_copy(gold), _copy(pred))
+        close(t, got, ner_scores(gold, pred)["f1"], "entity F1 (percent)", atol=1e-4,
+              hint="of the 3 predicted entities only ORG in sentence 2 matches a gold entity "
+                   "exactly (PER is one word short, LOC has the wrong type): P = R = 1/3, F1 = "
+                   "33.3; tags that merely overlap earn nothing.")
+    with t.case("a predicted I-X that continues nothing starts an entity; no entities give 0"):
+        gold = [["B-MISC", "I-MISC", "O"], ["O", "O"]]
+        pred = [["I-MISC", "I-MISC", "O"], ["O", "O"]]
+        close(t, fn(_copy(gold), _copy(pred)), 100.0, "entity F1 (percent)", atol=1e-4,
+              hint="repair I-MISC I-MISC to B-MISC I-MISC (ktlab.tagging.repair_iob2) before "
+                   "decoding: it is the MISC entity of words 0-1.")
+        close(t, fn([["B-PER"]], [["O"]]), 0.0, "entity F1 with no predicted entity", atol=1e-4,
+              hint="with tp = 0 the F1 is 0 (not a ZeroDivisionError).")
+
+
+_KINDS = ("type", "boundary", "type+boundary", "spurious", "missed")
+
+
+def _breakdown_case(fn, t: Checker, gold, pred) -> None:
+    from ktlab.tagging import error_breakdown
+    want = error_breakdown(gold, pred)
+    got = fn(_copy(gold), _copy(pred))
+    t.is_true(isinstance(got, dict), f"return a dict with the counts {list(_KINDS)}, got "
+              f"{type(got).__name__}.")
+    got = {k: got.get(k, 0) for k in _KINDS}          # a Counter may leave out the zeros
+    wrong = [k for k in _KINDS if got[k] != want[k]]
+    t.is_true(not wrong, "wrong counts: " + ", ".join(f"{k} {got[k]} (expected {want[k]})"
+                                                      for k in wrong) +
+              ". Hint: for each predicted span not in gold: no overlap -> spurious; the same "
+              "(start, end) -> type; overlaps a gold entity of its type -> boundary; else "
+              "type+boundary. Gold spans no prediction overlaps -> missed.")
+
+
+@task("05.error_breakdown", points=2, title="boundary errors vs type errors (a result)",
+      hint="Per sentence compare span sets: a wrong predicted span is 'spurious' (overlaps no "
+           "gold span), 'type' (same start and end), 'boundary' (overlaps a gold span of its "
+           "type) or 'type+boundary'; gold spans nothing overlaps are 'missed'.")
+def check_error_breakdown(fn, t: Checker) -> None:
+    t.callable(fn, "your error_counts function")
+    for name, gold, pred in _tag_sets(300):
+        with t.case(name):
+            _breakdown_case(fn, t, gold, pred)
+    with t.case("a right span with the wrong type is a type error, a right type with other "
+                "boundaries a boundary error", core=True):
+        gold = [["B-PER", "I-PER", "O", "B-LOC", "O", "B-ORG", "I-ORG", "O", "O"]]
+        pred = [["B-PER", "O", "O", "B-ORG", "O", "B-LOC", "I-LOC", "I-LOC", "B-MISC"]]
+        # PER one word short: boundary; LOC -> ORG on the same word: type; ORG -> LOC one word
+        # longer: type+boundary; MISC on an O word: spurious
+        _breakdown_case(fn, t, gold, pred)
+        _breakdown_case(fn, t, [["B-PER", "I-PER", "O", "B-LOC"]], [["O", "O", "O", "I-LOC"]])

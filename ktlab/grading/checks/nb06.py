@@ -1,14 +1,20 @@
 """Checks for ``solutions/06_multitask_transfer.ipynb``: the temperature sampler, combining
-per-task losses with uncertainty weighting, and a multi-head forward pass. References come from
-:mod:`ktlab.transfer.multitask`. Core cases (a failure caps the task at 1/3): sizes raised to the
-power 1/T; exp(-s) weighting each loss plus the s term; sequence tasks reading [CLS]."""
+per-task losses with uncertainty weighting, a multi-head forward pass; and two result tasks: how
+many steps each task gets from a seeded temperature sampler on the real training-set sizes, and
+the paired mean ± std over seeds of a multi-task model against single-task training, with its
+verdict. References come from :mod:`ktlab.transfer.multitask` and
+:func:`ktlab.metrics.seed_difference_interval`. Core cases (a failure caps the task at 1/3): sizes
+raised to the power 1/T; exp(-s) weighting each loss plus the s term; sequence tasks reading
+[CLS]; the sampler's temperature applied; differences paired by seed, and "helped"/"hurt" only
+where the t interval excludes 0."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from ktlab.grading.checks._shared import close, result_dict
 from ktlab.grading.registry import Checker, task
-from ktlab.transfer.multitask import UncertaintyWeighting, task_probabilities
+from ktlab.transfer.multitask import TaskSampler, UncertaintyWeighting, task_probabilities
 
 
 @task("06.temperature_sampler", points=2, title="temperature-scaled task probabilities",
@@ -105,3 +111,121 @@ def check_multi_head(fn, t: Checker) -> None:
     with t.case("unknown task is refused"):
         t.raises(KeyError, lambda: fn(t.randn(1, 2, 8, seed=50), heads, kinds, "pos"),
                  "task 'pos' (not in heads)")
+
+
+# ----------------------------------------------------------------------------- result tasks
+def _draws(sizes: dict, temperature: float, steps: int, seed: int) -> dict:
+    drawn = TaskSampler(sizes, "temperature", temperature, seed).draw(steps)
+    return {name: drawn.count(name) for name in sizes}
+
+
+def _draws_case(fn, t: Checker, sizes: dict, temperature: float, steps: int, seed: int) -> None:
+    want = _draws(sizes, temperature, steps, seed)
+    got = result_dict(fn(dict(sizes), temperature, steps, seed), list(sizes), t, "count dict")
+    got = {k: got[k] for k in sizes}
+    if got == want:
+        return
+    if sum(int(v) for v in got.values()) != steps:
+        t.fail(f"your counts {got} add up to {sum(int(v) for v in got.values())}, not the "
+               f"{steps} steps drawn.")
+    for strategy in ("proportional", "uniform"):
+        drawn = TaskSampler(sizes, strategy, temperature, seed).draw(steps)
+        if got == {k: drawn.count(k) for k in sizes}:
+            t.fail(f"your counts {got} are those of a {strategy} sampler: the temperature T="
+                   f"{temperature} is ignored. Use TaskSampler(sizes, 'temperature', "
+                   "temperature, seed).")
+    t.fail(f"expected {want} (TaskSampler(sizes, 'temperature', {temperature}, seed={seed})"
+           f".draw({steps})), got {got}. Hint: draw from ktlab's seeded sampler, count every "
+           "task (0 for one never drawn), and do not draw anything else from it first.")
+
+
+@task("06.sampler_draws", points=2, title="steps per task from a seeded sampler (a result)",
+      hint="drawn = TaskSampler(sizes, 'temperature', temperature, seed).draw(steps); return "
+           "{task: drawn.count(task) for task in sizes}.")
+def check_sampler_draws(fn, t: Checker) -> None:
+    from ktlab.grading import fixtures
+    t.callable(fn, "your draws_per_task function")
+    for seed, (sizes, temperature, steps) in enumerate([
+            ({"a": 10, "b": 1000, "c": 50}, 2.0, 200), ({"x": 7, "y": 7000}, 1.0, 150),
+            ({"sst2": 2000, "ner": 1500, "pos": 1500, "chunk": 1500}, 5.0, 400)]):
+        with t.case(f"{len(sizes)} tasks, T={temperature}, {steps} steps, seed {seed}"):
+            _draws_case(fn, t, sizes, temperature, steps, seed)
+    with t.case("the temperature is applied: T=3 on sizes 8000 / 1000 / 27", core=True):
+        _draws_case(fn, t, {"big": 8000, "mid": 1000, "small": 27}, 3.0, 300, 7)
+    real = fixtures.training_set_sizes()
+    for temperature, steps, seed in ((2.0, 300, 0), (1.0, 1000, 3)):
+        with t.case(f"the notebook's sampler: the real training-set sizes, T={temperature}, "
+                    f"{steps} steps, seed {seed}"):
+            _draws_case(fn, t, real, temperature, steps, seed)
+
+
+def _paired(runs: list, model: str, task: str, baseline: str) -> list:
+    def by_seed(name):
+        return {r["seed"]: r["score"] for r in runs if r["model"] == name and r["task"] == task}
+    mine, base = by_seed(model), by_seed(baseline)
+    return [mine[s] - base[s] for s in sorted(mine) if s in base]
+
+
+def _delta_case(fn, t: Checker, runs: list, model: str, task: str,
+                baseline: str = "single-task") -> None:
+    from ktlab.metrics import seed_difference_interval
+    want = seed_difference_interval(_paired(runs, model, task, baseline))
+    got = result_dict(fn([dict(r) for r in runs], model, task), ("mean", "std", "verdict"), t)
+    close(t, got["mean"], want["mean"], f"mean paired difference ({model} - {baseline}, {task})",
+          atol=1e-6, hint="subtract the single-task score of the *same seed*, then average.")
+    close(t, got["std"], want["std"], "standard deviation of the paired differences", atol=1e-6,
+          hint="the sample standard deviation (n - 1) of the per-seed differences, not of the "
+               "model's scores.")
+    t.is_true(got["verdict"] == want["verdict"],
+              f"the verdict should be {want['verdict']!r} (mean {want['mean']:+.2f}, "
+              f"{want['level']:.0%} interval [{want['low']:+.2f}, {want['high']:+.2f}] over "
+              f"{want['n']} seeds), got {got['verdict']!r}: 'helped' / 'hurt' only where the t "
+              "interval mean -+ t(0.975, n - 1) * std / sqrt(n) lies above / below 0.")
+
+
+def _synthetic_runs(seed: int, seeds: list, delta: float, spread: float,
+                    model: str = "multi-task") -> list:
+    gen = torch.Generator().manual_seed(seed)
+    runs = []
+    for s in seeds:
+        base = 70 + 10 * float(torch.rand((), generator=gen))
+        noise = spread * float(torch.randn((), generator=gen))
+        runs.append({"model": "single-task", "task": "ner", "seed": s, "score": base})
+        runs.append({"model": model, "task": "ner", "seed": s, "score": base + delta + noise})
+        runs.append({"model": model, "task": "pos", "seed": s, "score": 90.0})
+    order = torch.randperm(len(runs), generator=gen).tolist()
+    return [runs[i] for i in order]
+
+
+@task("06.seed_delta", points=2, title="paired mean ± std over seeds, and the verdict (a result)",
+      hint="Pair by seed: d_s = score(model, s) - score(single-task, s); mean, statistics.stdev; "
+           "half = scipy.stats.t.ppf(0.975, n - 1) * std / sqrt(n); 'helped' if mean - half > 0, "
+           "'hurt' if mean + half < 0, else 'no measurable difference'.")
+def check_seed_delta(fn, t: Checker) -> None:
+    from ktlab.grading import fixtures
+    t.callable(fn, "your seed_delta function")
+    for seed, (seeds, delta, spread) in enumerate([([0, 1, 2], 2.0, 0.3), ([0, 1, 2, 3, 4], -1.5,
+                                                                              0.5),
+                                                   ([3, 5, 8], 0.4, 1.0)]):
+        with t.case(f"{len(seeds)} seeds, shuffled runs (seed {seed})"):
+            _delta_case(fn, t, _synthetic_runs(10 + seed, seeds, delta, spread), "multi-task",
+                        "ner")
+    with t.case("differences are paired by seed, and a positive mean is not enough", core=True):
+        # the baseline's seeds are listed in another order; mean +0.9 but spread 1.5: no verdict
+        runs = [{"model": "single-task", "task": "ner", "seed": s, "score": v}
+                for s, v in ((2, 80.0), (0, 70.0), (1, 75.0))]
+        runs += [{"model": "multi-task", "task": "ner", "seed": s, "score": v}
+                 for s, v in ((0, 72.5), (1, 74.8), (2, 80.4))]
+        _delta_case(fn, t, runs, "multi-task", "ner")
+        _delta_case(fn, t, _synthetic_runs(30, [0, 1, 2], 0.9, 1.5), "multi-task", "ner")
+    with t.case("a seed the baseline lacks is left out"):
+        runs = _synthetic_runs(40, [0, 1, 2, 3], 1.0, 0.2)
+        runs = [r for r in runs if not (r["model"] == "single-task" and r["seed"] == 3)]
+        _delta_case(fn, t, runs, "multi-task", "ner")
+    if fixtures.has_bench("multitask-bench"):
+        runs = fixtures.multitask_bench()["runs"]
+        for model, task_name in (("multi-task (temperature)", "chunk"),
+                                 ("multi-task KD (temperature)", "ner"),
+                                 ("multi-task (proportional)", "sst2")):
+            with t.case(f"the notebook's bench: {model}, {task_name} (3 seeds)"):
+                _delta_case(fn, t, runs, model, task_name)
