@@ -115,6 +115,7 @@ LORA_FAMILIES = ("lora", "peft-lora")
 
 PROFILE_METHODS = {
     "quick": ("full", "head", "bitfit", "lora", "adapters", "peft-lora"),
+    "notebook": ("full", "head", "bitfit", "lora", "adapters", "peft-lora"),  # notebook 07
     "bench": tuple(METHODS),
     "full": tuple(METHODS),
 }
@@ -171,14 +172,22 @@ PROFILE_SIZES = {
     "quick": PeftSizes(train_pool=2000, dev=None, steps=60, batch_size=16, max_length=64,
                        probe_train=500, probe_eval=300, wise_ft_step=0.25, cka_sentences=128,
                        speed_sentences=256, save_every=30),
-    # <= 60 min on 2 idle CPU cores: all 12 methods x 300 steps x 32 sentences from a fixed
-    # 20,000-sentence subset. One step of every method together: 3.2 s on 1 busy thread (full
-    # 0.42, L2-SP 0.50, Mixout 0.82, PEFT 0.18-0.29, head 0.10), ~7 s at the 0.9 s/step the
-    # sentiment bench measured for full: ~35 min of training + ~6 min of measuring
-    "bench": PeftSizes(train_pool=20000, dev=None, steps=300, batch_size=32, max_length=64,
+    # <= 100 min on 2 idle CPU cores: all 12 methods x 500 steps x 32 sentences (16,000 of a
+    # fixed 20,000-sentence subset, under one epoch). Measured in the quick run (2 threads,
+    # batch 16): full 0.30 s/step, BitFit 0.08, LoRA 0.12, adapters 0.12, head 0.06; at batch 32
+    # one step of all 12 methods is ~4.3 s: ~36 min of training + ~10 min of measuring
+    "bench": PeftSizes(train_pool=20000, dev=None, steps=500, batch_size=32, max_length=64,
                        probe_train=2000, probe_eval=1000, wise_ft_step=0.1, cka_sentences=256,
                        speed_sentences=512, latency_sentences=32, save_every=100,
                        timing_rounds=3, timing_steps=10),
+    # notebook 07 in the quick profile (<= 180 s with everything around it): quick's methods,
+    # steps and dev set, a smaller probe, fewer CKA / speed sentences and one timing round.
+    # Measuring, not training, is what costs: every method predicts all 872 dev sentences, and
+    # so does every WiSE-FT point
+    "notebook": PeftSizes(train_pool=2000, dev=None, steps=60, batch_size=16, max_length=64,
+                          probe_train=300, probe_eval=200, wise_ft_step=0.25, cka_sentences=64,
+                          speed_sentences=128, latency_sentences=8, save_every=30,
+                          timing_rounds=1, timing_steps=5),
     # one GPU, bert-base-uncased: all of SST-2 (~1 epoch), inference measured on the CPU
     "full": PeftSizes(train_pool=None, dev=None, steps=2000, batch_size=32, max_length=128,
                       probe_train=5000, probe_eval=2000, wise_ft_step=0.1, cka_sentences=512,
