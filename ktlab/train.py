@@ -20,6 +20,7 @@ small loop is not slower.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -30,7 +31,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -203,8 +204,7 @@ def default_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     on those logits against ``batch["labels"]`` (token-level logits flattened, -100 ignored),
     so every ktlab model trains with the default loss."""
     out = model(**model_inputs(model, batch))
-    loss = getattr(out, "loss", None) if hasattr(out, "loss") else (
-        out.get("loss") if isinstance(out, dict) else None)
+    loss = _loss_of(out)
     if loss is not None:
         return loss
     labels = batch.get("labels")
@@ -218,6 +218,13 @@ def default_loss(model: nn.Module, batch: dict) -> torch.Tensor:
                          f"{tuple(logits.shape[:-1])}; pass loss_fn= for another loss")
     return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
                                        labels.reshape(-1).long(), ignore_index=-100)
+
+
+def _loss_of(output: Any) -> Optional[torch.Tensor]:
+    """``output.loss`` of a ``ModelOutput`` or dict; None for bare logits (or no loss)."""
+    if hasattr(output, "loss"):
+        return getattr(output, "loss", None)
+    return output.get("loss") if isinstance(output, dict) else None
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -354,6 +361,9 @@ class Trainer:
     ``metric_fn(logits, labels) -> dict``: defaults to accuracy.
     ``callbacks``: callables ``cb(trainer, step)`` run after every optimiser step (tests use
     one to simulate an interruption).
+
+    Read :meth:`fit` first: it is the whole loop, and each helper it calls does one named thing
+    (one epoch, one micro-batch, one optimiser step, evaluate, keep the best, checkpoint).
     """
 
     def __init__(self, model: nn.Module, config: Optional[TrainConfig] = None,
@@ -379,10 +389,19 @@ class Trainer:
         self._user_optimizer = optimizer
         self.accelerator = Accelerator(mixed_precision=self._precision())
         self.history = History(metric_name=self.config.metric_name)
-        self.step = 0
-        self._best_state: Optional[dict] = None
+        self.step = 0                                      # optimiser steps taken so far
+        self.optimizer: Any = None                         # these two are built by fit()
+        self.scheduler: Any = None
+        self._wrapped: Optional[nn.Module] = None          # the model as Accelerate wrapped it
+        self._best_state: Optional[dict] = None            # best weights, without output_dir
+        self._patience_left = self.config.early_stopping_patience
+        self._running_loss: Any = 0.0                      # sum over the step in progress ...
+        self._micro = 0                                    # ... of this many micro-batches
+        self._resume_rng: Optional[dict] = None
+        self._writer: Any = None
+        self._bar: Any = None
 
-    # -- setup --------------------------------------------------------------------------------
+    # -- loaders and schedule length ----------------------------------------------------------
     def _precision(self) -> str:
         mp = self.config.mixed_precision
         if not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in (
@@ -428,147 +447,172 @@ class Trainer:
                 total, self.config.max_steps)
         return total
 
-    # -- fit ----------------------------------------------------------------------------------
+    # -- the training loop --------------------------------------------------------------------
     def fit(self, resume_from: Optional[str | Path] = None) -> History:
         """Train; ``resume_from`` is a checkpoint file or folder written by an earlier run with
-        the same config (``"latest"`` means ``output_dir/checkpoint.pt``)."""
-        from tqdm.auto import tqdm
+        the same config (``"latest"`` means ``output_dir/checkpoint.pt``).
 
+        For each epoch, for each batch: forward and backward; every ``grad_accum_steps``
+        batches one optimiser step, then evaluate and checkpoint when they are due."""
+        model, train_dl, total = self._prepare()
+        epoch, skip = self._resume(resume_from)            # (0, 0) for a fresh run
+        self._open_logs(total)
+        start, stop = time.perf_counter(), self.step >= total
+        model.train()
+        while not stop and self._epochs_left(epoch):
+            stop, epoch_done = self._train_epoch(model, train_dl, epoch, skip, total)
+            skip = 0
+            if not epoch_done:
+                break                                      # stopped mid-epoch
+            epoch += 1
+            if not self.config.eval_every and self._unscored():   # evaluate once per epoch
+                self._evaluate_during_training(model)
+                stop = stop or self._patience_left == 0
+        self._bar.close()
+        self.history.train_seconds += time.perf_counter() - start
+        self.history.stopped_early = self._patience_left == 0
+        if self._unscored():
+            self._evaluate_and_track()                     # the weights training ended with
+        self._finish()
+        return self.history
+
+    def _train_epoch(self, model: nn.Module, train_dl: Any, epoch: int, skip: int,
+                     total: int) -> tuple[bool, bool]:
+        """One pass over the training data (what is left of it, on resume).
+
+        Returns ``(stop, epoch_done)``: stop once ``total`` steps are done or the patience has
+        run out; ``epoch_done`` is False when that happened before the epoch's last batch."""
+        cfg = self.config
+        batches = self._epoch_batches(train_dl, epoch, skip)
+        n_batches = len(train_dl)
+        for batch_in_epoch, batch in enumerate(batches, start=skip + 1):
+            last = batch_in_epoch == n_batches
+            if not self._forward_backward(model, batch, last_of_epoch=last):
+                continue                                   # still accumulating gradients
+            self._optimizer_step(model)
+            if self.eval_dataset is not None and cfg.eval_every and \
+                    self.step % cfg.eval_every == 0:
+                self._evaluate_during_training(model)
+            if cfg.save_every and self.step % cfg.save_every == 0:
+                self.save_checkpoint(epoch, batch_in_epoch, self._patience_left)
+            for cb in self.callbacks:
+                cb(self, self.step)                        # tests simulate a crash here
+            if self.step >= total or self._patience_left == 0:
+                return True, last
+        return False, True
+
+    def _forward_backward(self, model: nn.Module, batch: dict, last_of_epoch: bool) -> bool:
+        """Add one micro-batch's gradients; True when they complete an optimiser step.
+
+        The last batch of an epoch always ends the accumulation (a partial one), so no
+        gradients carry over into the next epoch."""
         cfg, acc = self.config, self.accelerator
-        from ktlab.config import seed_everything
-        seed_everything(cfg.seed)
+        sync = (self._micro + 1) % cfg.grad_accum_steps == 0 or last_of_epoch
+        # DDP: all-reduce gradients only on the micro-batch that ends an accumulation
+        with acc.no_sync(model) if not sync else contextlib.nullcontext():
+            with acc.autocast():  # forward in bf16/fp16 on CUDA; backward outside it
+                loss = self.loss_fn(model, batch)
+            acc.backward(loss / cfg.grad_accum_steps)
+        # a tensor, not float(): reading it back would make the GPU wait every micro-batch
+        self._running_loss = self._running_loss + loss.detach().float() / cfg.grad_accum_steps
+        self._micro += 1
+        self.history.examples_seen += _batch_size(batch) * acc.num_processes
+        return sync
 
+    def _optimizer_step(self, model: nn.Module) -> None:
+        """Clip, step, advance the schedule, clear the gradients; then log the step."""
+        cfg = self.config
+        if cfg.max_grad_norm:
+            self.accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step used
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self._log_step(lr)
+
+    # -- setup and resume ---------------------------------------------------------------------
+    def _prepare(self) -> tuple[nn.Module, Any, int]:
+        """Seed, build loader, optimiser and schedule, and let Accelerate place them.
+
+        Returns the model as Accelerate wrapped it (DDP under several processes), the loader
+        and the number of optimiser steps the schedule spans."""
+        from ktlab.config import seed_everything
+
+        cfg = self.config
+        seed_everything(cfg.seed)
         train_dl = self._loader(self.train_dataset, cfg.batch_size, shuffle=True)
         optimizer = self._user_optimizer or torch.optim.AdamW(
             parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr)
-        model, optimizer, train_dl = acc.prepare(self.model, optimizer, train_dl)
-        self._wrapped = model
+        model, optimizer, train_dl = self.accelerator.prepare(self.model, optimizer, train_dl)
         total = self.total_steps(len(train_dl))
-        scheduler = linear_warmup_decay(optimizer, int(cfg.warmup_ratio * total), total)
-        self.optimizer, self.scheduler = optimizer, scheduler
+        self._wrapped, self.optimizer = model, optimizer
+        self.scheduler = linear_warmup_decay(optimizer, int(cfg.warmup_ratio * total), total)
+        self._running_loss, self._micro = 0.0, 0
+        return model, train_dl, total
 
-        epoch, skip_batches, patience_left = 0, 0, cfg.early_stopping_patience
-        if resume_from is not None:
-            state = self._load_checkpoint(resume_from)
-            epoch, skip_batches = state["epoch"], state["batch_in_epoch"]
-            patience_left = state["patience_left"]
+    def _resume(self, where: Optional[str | Path]) -> tuple[int, int]:
+        """Where training starts: ``(epoch, batches of it already trained on)``. Resuming
+        restores weights, optimiser, schedule, step, history, patience and RNG states."""
+        self._patience_left = self.config.early_stopping_patience
+        if where is None:
+            return 0, 0
+        state = self._load_checkpoint(where)
+        self._patience_left = state["patience_left"]
+        return state["epoch"], state["batch_in_epoch"]
 
-        writer = self._tensorboard()
-        bar = tqdm(total=total, initial=self.step, desc="train", disable=not (
-            cfg.progress and acc.is_local_main_process), leave=False)
-        start, stop = time.perf_counter(), self.step >= total
-        running, micro = 0.0, 0
-        model.train()
-        while not stop and (epoch < cfg.epochs or (cfg.max_steps and cfg.epochs < 1)):
-            train_dl.set_epoch(epoch)
-            batches = iter(train_dl)
-            if skip_batches:  # resume mid-epoch: same order, skip what was already used
-                for _ in range(skip_batches):
-                    next(batches)
-                if resume_from is not None:
-                    set_rng_state(self._resume_rng)  # after the iterator is built
-            batch_in_epoch = skip_batches
-            skip_batches = 0
-            n_batches = len(train_dl)
-            for batch in batches:
-                batch_in_epoch += 1
-                last_of_epoch = batch_in_epoch == n_batches
-                sync = (micro + 1) % cfg.grad_accum_steps == 0 or last_of_epoch
-                # DDP: all-reduce gradients only on the micro-batch that ends an accumulation
-                with acc.no_sync(model) if not sync else _nullcontext():
-                    with acc.autocast():  # forward in bf16/fp16 on CUDA; backward outside it
-                        loss = self.loss_fn(model, batch)
-                    acc.backward(loss / cfg.grad_accum_steps)
-                running = running + loss.detach().float() / cfg.grad_accum_steps  # no sync
-                micro += 1
-                self.history.examples_seen += _batch_size(batch) * acc.num_processes
-                if not sync:
-                    continue
-                # one optimiser step
-                if cfg.max_grad_norm:
-                    acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                lr = scheduler.get_last_lr()[0]  # the rate this step used
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                # partial accumulation at epoch end: scale the logged loss back to one batch
-                logged = float(running) * cfg.grad_accum_steps / micro
-                running, micro = 0.0, 0
-                bar.update(1)
-                if self.step % cfg.log_every == 0:
-                    self.history.step.append(self.step)
-                    self.history.loss.append(logged)
-                    self.history.lr.append(lr)
-                    bar.set_postfix(loss=f"{logged:.4f}")
-                    if writer:
-                        writer.add_scalar("train/loss", logged, self.step)
-                        writer.add_scalar("train/lr", lr, self.step)
-                do_eval = (self.eval_dataset is not None and cfg.eval_every
-                           and self.step % cfg.eval_every == 0)
-                if do_eval:
-                    patience_left = self._eval_and_track(writer, patience_left)
-                    model.train()
-                if cfg.save_every and self.step % cfg.save_every == 0:
-                    self.save_checkpoint(epoch, batch_in_epoch, patience_left)
-                for cb in self.callbacks:
-                    cb(self, self.step)
-                if self.step >= total or patience_left == 0:
-                    stop = True
-                    break
-            if stop and batch_in_epoch < n_batches:
-                break
-            epoch += 1
-            if (self.eval_dataset is not None and not cfg.eval_every
-                    and not (self.history.eval_step and self.history.eval_step[-1] == self.step)):
-                patience_left = self._eval_and_track(writer, patience_left)
-                model.train()
-                if patience_left == 0:
-                    stop = True
-        bar.close()
-        self.history.train_seconds += time.perf_counter() - start
-        self.history.stopped_early = patience_left == 0
-        if (self.eval_dataset is not None
-                and not (self.history.eval_step and self.history.eval_step[-1] == self.step)):
-            self._eval_and_track(writer, patience_left)
-        if writer:
-            writer.close()
-        if cfg.load_best_at_end and self.history.best_step is not None:
-            self._restore_best()
-        acc.wait_for_everyone()
-        if cfg.output_dir and acc.is_main_process:
-            self.history.save_json(Path(cfg.output_dir) / "history.json")
-        return self.history
+    def _epochs_left(self, epoch: int) -> bool:
+        """``epochs < 1`` with ``max_steps`` set means as many epochs as the steps need."""
+        cfg = self.config
+        return epoch < cfg.epochs or bool(cfg.max_steps and cfg.epochs < 1)
+
+    def _epoch_batches(self, train_dl: Any, epoch: int, skip: int) -> Iterator[dict]:
+        """This epoch's batches, in the sampler's ``(seed, epoch)`` order.
+
+        Resumed mid-epoch, the first ``skip`` batches were trained on before the checkpoint:
+        drop them (same order, so the same ones), then put the RNG states back where the
+        checkpoint left them, since building the iterator may draw from them."""
+        train_dl.set_epoch(epoch)
+        batches = iter(train_dl)
+        for _ in range(skip):
+            next(batches)
+        if skip:
+            set_rng_state(self._resume_rng)
+        return batches
 
     # -- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
     def _predict(self, dataset: Any) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
-        acc = self.accelerator
-        model = getattr(self, "_wrapped", None)
-        if model is None:
-            model = self.model.to(acc.device)
+        """Logits and labels of every example (gathered from all processes) and the mean loss."""
+        model = self._wrapped if self._wrapped is not None else self.model.to(self.device)
         model.eval()
         logits_all, labels_all, loss_sum, loss_n = [], [], 0.0, 0
         for batch in self._eval_loader(dataset):
-            with acc.autocast():
+            with self.accelerator.autocast():
                 out = model(**model_inputs(model, batch))
-            logits = logits_of(out).float()
-            loss = getattr(out, "loss", None) if hasattr(out, "loss") else (
-                out.get("loss") if isinstance(out, dict) else None)
+            loss = _loss_of(out)
             if loss is not None:
                 loss_sum += loss.float().item() * _batch_size(batch)
                 loss_n += _batch_size(batch)
-            labels = batch.get("labels")
-            if logits.ndim >= 3:  # token level: pad lengths across processes before gathering
-                logits = acc.pad_across_processes(logits, dim=1, pad_index=0)
-                if labels is not None:
-                    labels = acc.pad_across_processes(labels, dim=1, pad_index=-100)
-            logits_all.append(acc.gather_for_metrics(logits).cpu())
+            logits, labels = self._gather(logits_of(out).float(), batch.get("labels"))
+            logits_all.append(logits)
             if labels is not None:
-                labels_all.append(acc.gather_for_metrics(labels).cpu())
+                labels_all.append(labels)
         logits = pad_cat(logits_all, 0.0)
         labels = pad_cat(labels_all, -100) if labels_all else None
         return logits, labels, (loss_sum / loss_n if loss_n else float("nan"))
+
+    def _gather(self, logits: torch.Tensor,
+                labels: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """One batch from every process, on the CPU (the padding of a short last batch is
+        dropped by ``gather_for_metrics``)."""
+        acc = self.accelerator
+        if logits.ndim >= 3:  # token level [B, L, C]: processes padded to different L
+            logits = acc.pad_across_processes(logits, dim=1, pad_index=0)
+            if labels is not None:
+                labels = acc.pad_across_processes(labels, dim=1, pad_index=-100)
+        logits = acc.gather_for_metrics(logits).cpu()
+        return logits, (None if labels is None else acc.gather_for_metrics(labels).cpu())
 
     def predict(self, dataset: Any) -> torch.Tensor:
         """Logits for every example, in dataset order ([N, C], or [N, L, C] padded with 0)."""
@@ -585,31 +629,44 @@ class Trainer:
             metrics.setdefault("loss", loss)
         return metrics
 
-    def _eval_and_track(self, writer: Any, patience_left: Optional[int]) -> Optional[int]:
-        cfg = self.config
+    def _unscored(self) -> bool:
+        """A dev set exists and the current step has not been evaluated yet."""
+        scored = self.history.eval_step and self.history.eval_step[-1] == self.step
+        return self.eval_dataset is not None and not scored
+
+    def _evaluate_during_training(self, model: nn.Module) -> None:
+        self._evaluate_and_track()
+        model.train()  # evaluation switched dropout off
+
+    def _evaluate_and_track(self) -> None:
+        """Score the dev set, record the metrics, and let the chosen one pick the best step."""
+        name = self.config.metric_name
         metrics = self.evaluate(self.eval_dataset)
-        if cfg.metric_name not in metrics:
-            raise KeyError(f"metric_name={cfg.metric_name!r} is not among the eval metrics "
+        if name not in metrics:
+            raise KeyError(f"metric_name={name!r} is not among the eval metrics "
                            f"{sorted(metrics)}; set TrainConfig.metric_name to one of them")
         self.history.eval_step.append(self.step)
         self.history.eval_metrics.append(metrics)
-        if writer:
+        if self._writer:
             for key, value in metrics.items():
-                writer.add_scalar(f"eval/{key}", value, self.step)
-        value, best = metrics[cfg.metric_name], self.history.best_metric
+                self._writer.add_scalar(f"eval/{key}", value, self.step)
+        self._track_best(metrics[name])
+
+    # -- best model and early stopping --------------------------------------------------------
+    def _track_best(self, value: float) -> None:
+        """An improvement keeps these weights and refills the patience; anything else uses up
+        one evaluation of it (early stopping when it reaches 0; None = never)."""
+        cfg, best = self.config, self.history.best_metric
         improved = best is None or (value > best if cfg.greater_is_better else value < best)
         if improved:
             self.history.best_metric, self.history.best_step = value, self.step
             self._save_best()
-            return cfg.early_stopping_patience
-        return None if patience_left is None else patience_left - 1
-
-    # -- checkpoints --------------------------------------------------------------------------
-    def _unwrapped_state(self) -> dict:
-        model = self.accelerator.unwrap_model(getattr(self, "_wrapped", self.model))
-        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            self._patience_left = cfg.early_stopping_patience
+        elif self._patience_left is not None:
+            self._patience_left -= 1
 
     def _save_best(self) -> None:
+        """To ``output_dir/best.pt`` when there is one, else a CPU copy in memory."""
         state = self._unwrapped_state()
         if self.config.output_dir:
             path = Path(self.config.output_dir) / BEST_NAME
@@ -622,14 +679,22 @@ class Trainer:
 
     def _restore_best(self) -> None:
         if self.config.output_dir and self.history.best_checkpoint:
-            self.accelerator.wait_for_everyone()
+            self.accelerator.wait_for_everyone()  # rank 0 may still be writing it
             state = torch.load(self.history.best_checkpoint, map_location="cpu",
                                weights_only=False)["model"]
         else:
             state = self._best_state
         if state is not None:
-            self.accelerator.unwrap_model(getattr(self, "_wrapped", self.model)).load_state_dict(
-                state)
+            self._unwrapped().load_state_dict(state)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _unwrapped(self) -> nn.Module:
+        """The bare model (no DDP wrapper): its state_dict has the plain parameter names."""
+        return self.accelerator.unwrap_model(
+            self._wrapped if self._wrapped is not None else self.model)
+
+    def _unwrapped_state(self) -> dict:
+        return {k: v.detach().cpu().clone() for k, v in self._unwrapped().state_dict().items()}
 
     def save_checkpoint(self, epoch: int, batch_in_epoch: int,
                         patience_left: Optional[int]) -> Optional[Path]:
@@ -647,7 +712,8 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return path
 
-    def _load_checkpoint(self, where: str | Path) -> dict:
+    def _checkpoint_file(self, where: str | Path) -> Path:
+        """``"latest"`` is ``output_dir/checkpoint.pt``; a folder means its ``checkpoint.pt``."""
         if str(where) == "latest":
             if not self.config.output_dir:
                 raise ValueError("resume_from='latest' needs TrainConfig.output_dir")
@@ -658,8 +724,13 @@ class Trainer:
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint at {path}; train with save_every=N and "
                                     "output_dir set to create one")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        self.accelerator.unwrap_model(self._wrapped).load_state_dict(state["model"])
+        return path
+
+    def _load_checkpoint(self, where: str | Path) -> dict:
+        """Put back what :meth:`save_checkpoint` wrote; the RNG states are also kept for
+        :meth:`_epoch_batches`, which restores them again after skipping used batches."""
+        state = torch.load(self._checkpoint_file(where), map_location="cpu", weights_only=False)
+        self._unwrapped().load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
@@ -669,6 +740,32 @@ class Trainer:
         set_rng_state(state["rng"])
         return state
 
+    # -- logging ------------------------------------------------------------------------------
+    def _open_logs(self, total: int) -> None:
+        """A progress bar on the local main process; TensorBoard when asked for."""
+        from tqdm.auto import tqdm
+
+        show = self.config.progress and self.accelerator.is_local_main_process
+        self._writer = self._tensorboard()
+        self._bar = tqdm(total=total, initial=self.step, desc="train", disable=not show,
+                         leave=False)
+
+    def _log_step(self, lr: float) -> None:
+        """The step's loss (mean over its micro-batches) to history, bar and TensorBoard."""
+        # partial accumulation at epoch end: scale the logged loss back to one batch
+        loss = float(self._running_loss) * self.config.grad_accum_steps / self._micro
+        self._running_loss, self._micro = 0.0, 0
+        self._bar.update(1)
+        if self.step % self.config.log_every:
+            return
+        self.history.step.append(self.step)
+        self.history.loss.append(loss)
+        self.history.lr.append(lr)
+        self._bar.set_postfix(loss=f"{loss:.4f}")
+        if self._writer:
+            self._writer.add_scalar("train/loss", loss, self.step)
+            self._writer.add_scalar("train/lr", lr, self.step)
+
     def _tensorboard(self) -> Any:
         if not (self.config.log_tensorboard and self.is_main_process):
             return None
@@ -676,13 +773,16 @@ class Trainer:
         logdir = Path(self.config.output_dir or "runs") / "tensorboard"
         return SummaryWriter(log_dir=str(logdir))
 
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    def _finish(self) -> None:
+        """Close TensorBoard, put the best weights back, write ``history.json``."""
+        cfg = self.config
+        if self._writer:
+            self._writer.close()
+        if cfg.load_best_at_end and self.history.best_step is not None:
+            self._restore_best()
+        self.accelerator.wait_for_everyone()
+        if cfg.output_dir and self.is_main_process:
+            self.history.save_json(Path(cfg.output_dir) / "history.json")
 
 
 def _batch_size(batch: dict) -> int:

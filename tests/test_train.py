@@ -112,6 +112,29 @@ def test_resume_gives_identical_final_weights(tmp_path):
     assert all(torch.equal(want[k], got[k]) for k in want), "resumed run drifted"
 
 
+def test_resume_from_an_epoch_end_checkpoint_with_per_epoch_eval(tmp_path):
+    """Checkpoint on an epoch's last batch, before that epoch's evaluation: the resumed run
+    skips the whole epoch, evaluates it, and keeps the patience it had."""
+    data, dev = toy_sequence_data(60), toy_sequence_data(16, seed=1)  # 4 steps per epoch
+    cfg = dict(epochs=3, grad_accum_steps=2, save_every=4, early_stopping_patience=3)
+    full = tiny_bert(seed=1)
+    want = Trainer(full, _cfg(tmp_path / "a", **cfg), data, dev).fit()
+
+    def crash(trainer, step):
+        if step == 5:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        Trainer(tiny_bert(seed=1), _cfg(tmp_path / "b", **cfg), data, dev,
+                callbacks=[crash]).fit()
+    resumed = tiny_bert(seed=99)
+    got = Trainer(resumed, _cfg(tmp_path / "b", **cfg), data, dev).fit(resume_from="latest")
+    assert got.eval_step == want.eval_step == [4, 8, 12]
+    assert got.eval_metrics == want.eval_metrics and got.loss == want.loss
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(),
+                                                 resumed.state_dict().values()))
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     trainer = Trainer(tiny_bert(), _cfg(tmp_path), toy_sequence_data(16))
     with pytest.raises(FileNotFoundError, match="save_every"):
