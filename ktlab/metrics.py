@@ -248,3 +248,91 @@ def seed_difference_interval(deltas: Sequence[float], level: float = 0.95) -> di
     out = "helped" if low > 0 else "hurt" if high < 0 else "no measurable difference"
     return {"mean": mean, "std": std, "n": n, "low": low, "high": high, "level": level,
             "verdict": out}
+
+
+# ----------------------------------------------------------------------------- entity F1 bootstrap
+
+def _f1_points(correct: Any, predicted: Any, gold: Any) -> Any:
+    """``2 * correct / (predicted + gold)`` in points (0 where there is no entity at all)."""
+    correct, denom = np.asarray(correct, dtype=float), np.asarray(predicted + gold, dtype=float)
+    return np.where(denom > 0, 200 * correct / np.maximum(denom, 1), 0.0)
+
+
+def _entity_counts(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]],
+                   entity_type: Optional[str]) -> np.ndarray:
+    from ktlab.tagging import sentence_entity_counts
+    counts = np.asarray(sentence_entity_counts(gold, pred, entity_type), dtype=np.int64)
+    if len(counts) == 0:
+        raise ValueError("an entity-F1 bootstrap needs at least one sentence")
+    return counts.reshape(-1, 3)
+
+
+def _resampled_sums(counts: np.ndarray, n_boot: int, seed: int, chunk: int = 100) -> np.ndarray:
+    """Column sums of ``counts`` ``[n, k]`` over ``n_boot`` resamples of its ``n`` rows drawn with
+    replacement (``numpy.random.default_rng(seed)``): ``[n_boot, k]``."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    n = len(counts)
+    sums = np.empty((n_boot, counts.shape[1]), dtype=np.int64)
+    for start in range(0, n_boot, chunk):          # chunks keep [chunk, n, k] small
+        stop = min(start + chunk, n_boot)
+        sums[start:stop] = counts[rng.integers(0, n, size=(stop - start, n))].sum(axis=1)
+    return sums
+
+
+def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    low, high = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
+def bootstrap_f1_interval(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]],
+                          n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                          entity_type: Optional[str] = None) -> dict:
+    """Entity F1 (seqeval strict IOB2, in points, as :func:`ktlab.tagging.ner_scores`) with its
+    percentile bootstrap interval over *sentences*: ``n_boot`` resamples of the sentences with
+    replacement, F1 recomputed on each from per-sentence (correct, predicted, gold) entity counts
+    (:func:`ktlab.tagging.sentence_entity_counts`), so seqeval runs on no resample.
+
+    On CoNLL-2003 test (3,453 sentences) the 95% interval is about +-1.2 points around 80 F1;
+    on its first 300 sentences about +-4. ``entity_type`` ("PER", ...) scores one type only."""
+    counts = _entity_counts(gold, pred, entity_type)
+    tp, predicted, gold_n = counts.sum(axis=0)
+    sums = _resampled_sums(counts, n_boot, seed)
+    low, high = _percentiles(_f1_points(sums[:, 0], sums[:, 1], sums[:, 2]), level)
+    return {"f1": float(_f1_points(tp, predicted, gold_n)), "low": low, "high": high,
+            "level": level, "n": len(counts), "n_boot": n_boot, "seed": seed}
+
+
+def paired_bootstrap_f1(gold: Sequence[Sequence[str]], pred_a: Sequence[Sequence[str]],
+                        pred_b: Sequence[Sequence[str]], n_boot: int = 1000, seed: int = 0,
+                        level: float = 0.95, entity_type: Optional[str] = None) -> dict:
+    """The entity-F1 difference A - B (points) of two taggers on the *same* sentences, with a
+    paired bootstrap: each resample of the sentences scores A and B on the same draw, so what
+    both get right or wrong cancels (Koehn 2004; Berg-Kirkpatrick et al. 2012).
+
+    Returns ``difference`` (on all sentences), its percentile interval ``low``/``high``, a
+    two-sided p-value estimate ``2 * (1 + min(#{d* <= 0}, #{d* >= 0})) / (n_boot + 1)`` (capped
+    at 1; it cannot go below ``2 / (n_boot + 1)``), ``significant`` (the interval excludes 0)
+    and ``verdict``: ``"better"`` / ``"worse"`` only where the interval excludes 0, else
+    ``"no measurable difference"``. Identical predictions give 0, ``[0, 0]`` and p = 1."""
+    a = _entity_counts(gold, pred_a, entity_type)
+    b = _entity_counts(gold, pred_b, entity_type)
+    stacked = np.column_stack([a[:, 0], a[:, 1], b[:, 0], b[:, 1], a[:, 2]])  # gold is shared
+    sums = _resampled_sums(stacked, n_boot, seed)
+    deltas = (_f1_points(sums[:, 0], sums[:, 1], sums[:, 4])
+              - _f1_points(sums[:, 2], sums[:, 3], sums[:, 4]))
+    low, high = _percentiles(deltas, level)
+    tot = stacked.sum(axis=0)
+    f1_a = float(_f1_points(tot[0], tot[1], tot[4]))
+    f1_b = float(_f1_points(tot[2], tot[3], tot[4]))
+    tail = min(int((deltas <= 0).sum()), int((deltas >= 0).sum()))
+    significant = bool(low > 0 or high < 0)
+    return {"f1_a": f1_a, "f1_b": f1_b, "difference": f1_a - f1_b, "low": low, "high": high,
+            "level": level, "p_value": min(1.0, 2 * (1 + tail) / (n_boot + 1)),
+            "significant": significant,
+            "verdict": ("better" if low > 0 else "worse") if significant
+            else "no measurable difference",
+            "n": len(a), "n_boot": n_boot, "seed": seed}

@@ -89,3 +89,28 @@ def error_breakdown(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]
             if not any(ps < e and s < pe for _, ps, pe in p_spans):
                 counts["missed"] += 1
     return counts
+
+
+def sentence_entity_counts(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]],
+                           entity_type: str | None = None) -> list[tuple[int, int, int]]:
+    """Per sentence: (correct, predicted, gold) entity counts under the rules of
+    :func:`ner_scores` (predictions repaired, a span counts only with its type and both
+    boundaries right); ``entity_type`` keeps only the entities of one type.
+
+    Summed over any set of sentences they give seqeval's strict micro F1 as
+    ``2 * correct / (predicted + gold)``: the resampling unit of a sentence-level bootstrap
+    (:func:`ktlab.metrics.bootstrap_f1_interval`)."""
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold sentences but {len(pred)} predicted ones")
+    out = []
+    for g_tags, p_tags in zip(gold, pred):
+        if len(g_tags) != len(p_tags):
+            raise ValueError(f"sentence lengths differ: gold {len(g_tags)} tags, predicted "
+                             f"{len(p_tags)}")
+        g_spans = set(decode_entities(g_tags))
+        p_spans = set(decode_entities(repair_iob2(p_tags)[0]))
+        if entity_type is not None:
+            g_spans = {s for s in g_spans if s[0] == entity_type}
+            p_spans = {s for s in p_spans if s[0] == entity_type}
+        out.append((len(g_spans & p_spans), len(p_spans), len(g_spans)))
+    return out

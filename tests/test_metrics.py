@@ -127,3 +127,93 @@ def test_seed_difference_interval_needs_the_t_interval_to_exclude_zero():
     assert seed_difference_interval([5.0])["verdict"] == "no measurable difference"
     with pytest.raises(ValueError):
         seed_difference_interval([])
+
+
+# --- entity-F1 bootstrap on real CoNLL-2003 test sentences ------------------------------------
+
+@pytest.fixture(scope="module")
+def conll_gold(data_dir):
+    from ktlab.data import load_conll
+    return [list(t) for t in load_conll("test", data_dir)["ner_tags"][:600]]
+
+
+def _perturb(gold, rate, seed):
+    """A tagger that errs on ``rate`` of the entity words (drops, wrong types, broken
+    boundaries, which can leave invalid IOB2 for the repair) and adds a few spurious entities."""
+    import random
+    rng = random.Random(seed)
+    types = ("PER", "LOC", "ORG", "MISC")
+    out = []
+    for tags in gold:
+        new = list(tags)
+        for i, tag in enumerate(tags):
+            if tag != "O" and rng.random() < rate:
+                u = rng.random()
+                new[i] = ("O" if u < 0.4 else tag[:2] + rng.choice(types) if u < 0.8
+                          else "I-" + tag[2:])
+            elif tag == "O" and rng.random() < rate / 20:
+                new[i] = "B-" + rng.choice(types)
+        out.append(new)
+    return out
+
+
+def test_count_based_f1_equals_seqeval(conll_gold):
+    from ktlab.metrics import bootstrap_f1_interval
+    from ktlab.tagging import ner_scores, sentence_entity_counts
+    for rate in (0.0, 0.05, 0.3):
+        pred = _perturb(conll_gold, rate, seed=1)
+        ref = ner_scores(conll_gold, pred)
+        ci = bootstrap_f1_interval(conll_gold, pred, n_boot=200)
+        assert ci["f1"] == pytest.approx(ref["f1"], abs=1e-9)
+        assert ci["low"] <= ci["f1"] <= ci["high"] and ci["n"] == len(conll_gold)
+        for kind, row in ref["per_type"].items():
+            assert bootstrap_f1_interval(conll_gold, pred, n_boot=10, entity_type=kind)["f1"] == \
+                pytest.approx(row["f1"], abs=1e-9)
+    counts = sentence_entity_counts(conll_gold, conll_gold)
+    assert all(tp == p == g for tp, p, g in counts) and sum(g for *_, g in counts) > 500
+    perfect = bootstrap_f1_interval(conll_gold, conll_gold, n_boot=50)
+    assert (perfect["f1"], perfect["low"], perfect["high"]) == (100.0, 100.0, 100.0)
+    with pytest.raises(ValueError, match="at least one sentence"):
+        bootstrap_f1_interval([], [])
+    with pytest.raises(ValueError, match="sentence lengths differ"):
+        bootstrap_f1_interval([["O", "B-PER"]], [["O"]])
+
+
+def test_paired_bootstrap_f1_verdicts(conll_gold):
+    from ktlab.metrics import paired_bootstrap_f1
+    good, bad = _perturb(conll_gold, 0.02, seed=2), _perturb(conll_gold, 0.3, seed=3)
+    same = paired_bootstrap_f1(conll_gold, good, good)
+    assert (same["difference"], same["low"], same["high"], same["p_value"]) == (0.0, 0.0, 0.0, 1.0)
+    assert same["verdict"] == "no measurable difference" and not same["significant"]
+    worse = paired_bootstrap_f1(conll_gold, bad, good)
+    assert worse["verdict"] == "worse" and worse["high"] < 0 < -worse["difference"]
+    assert worse["low"] <= worse["difference"] <= worse["high"]
+    assert worse["p_value"] == pytest.approx(2 / 1001)      # no resample reverses the sign
+    assert paired_bootstrap_f1(conll_gold, good, bad)["verdict"] == "better"
+    # one sentence tagged differently: far inside the noise
+    nudged = [list(t) for t in good]
+    i = next(i for i, t in enumerate(nudged) if "B-PER" in t)
+    nudged[i] = ["O"] * len(nudged[i])
+    close = paired_bootstrap_f1(conll_gold, nudged, good)
+    assert close["difference"] < 0 and close["verdict"] == "no measurable difference"
+    assert close["p_value"] > 0.05
+    with pytest.raises(ValueError, match="599 predicted ones"):
+        paired_bootstrap_f1(conll_gold, good, good[:-1])
+
+
+def test_entity_f1_bootstrap_is_seeded(conll_gold):
+    from ktlab.metrics import bootstrap_f1_interval, paired_bootstrap_f1
+    a, b = _perturb(conll_gold, 0.1, seed=4), _perturb(conll_gold, 0.12, seed=5)
+    assert paired_bootstrap_f1(conll_gold, a, b, seed=7) == \
+        paired_bootstrap_f1(conll_gold, a, b, seed=7)
+    one = bootstrap_f1_interval(conll_gold, a, seed=7)
+    other = bootstrap_f1_interval(conll_gold, a, seed=8)
+    assert one == bootstrap_f1_interval(conll_gold, a, seed=7)
+    assert (one["low"], one["high"]) != (other["low"], other["high"]) and one["f1"] == other["f1"]
+    # wider with fewer sentences
+    small = bootstrap_f1_interval(conll_gold[:100], a[:100], seed=7)
+    assert small["high"] - small["low"] > one["high"] - one["low"]
+    with pytest.raises(ValueError, match="n_boot"):
+        bootstrap_f1_interval(conll_gold, a, n_boot=0)
+    with pytest.raises(ValueError, match="level"):
+        paired_bootstrap_f1(conll_gold, a, b, level=1.5)

@@ -161,7 +161,25 @@ def test_outputs_and_schema(tiny_run):
     assert on_disk["teacher"]["params"] > on_disk["students"][1]["params"]
     assert set(on_disk["summary"]) >= {"teacher_test_f1", "bilstm", "tiny"}
     table = (out / "table.md").read_text()
-    assert table.count("\n") == 2 + 1 + 2 and "bilstm/kd+crf" in table
+    assert table.count("\n") == 2 + 1 + 2 + 2 and "bilstm/kd+crf" in table   # + the CI note
+    # error bars from the stored test predictions: every F1 with its interval, every student
+    # against the teacher (no "hard" condition trained here: vs_hard is None)
+    assert on_disk["bootstrap"] == {"split": "test", "unit": "sentence", "sentences": TINY.test,
+                                    **ner.BOOTSTRAP}
+    for rec in [on_disk["teacher"]] + on_disk["students"]:
+        low, high = rec["test_f1_ci"]
+        assert low <= rec["test_f1"] <= high
+        for row in rec["test"]["per_type"].values():
+            assert row["f1_ci"][0] <= row["f1"] <= row["f1_ci"][1]
+    for rec in on_disk["students"]:
+        assert rec["vs_hard"] is None
+        vs = rec["vs_teacher"]
+        assert vs["baseline"] == on_disk["teacher"]["name"] and 0 < vs["p_value"] <= 1
+        assert vs["difference"] == pytest.approx(rec["test_f1"] - on_disk["teacher"]["test_f1"],
+                                                 abs=2e-3)
+        assert vs["verdict"] in ("better", "worse", "no measurable difference")
+        assert ner.format_comparison(vs) in table
+    assert on_disk["summary"]["teacher_test_f1_ci"] == on_disk["teacher"]["test_f1_ci"]
 
 
 def test_second_run_reuses_the_cached_teacher(tiny_run):
@@ -253,7 +271,9 @@ def test_summary_and_highlight_from_hand_made_records():
     s = ner.summarise(results)["bilstm"]
     assert s["best"] == "bilstm/kd" and s["gain_over_hard_points"] == pytest.approx(12.0)
     assert s["share_of_teacher"] == pytest.approx(0.9) and s["speedup_vs_teacher"] == 15.0
-    assert "| bilstm/kd | 75.0 | 72.0 | 90.0 |" in ner.markdown_table(results)
+    assert "| bilstm/kd | 75.0 | 72.0 | — | — | 90.0 |" in ner.markdown_table(results)
+    assert "Intervals" not in ner.markdown_table(results)     # no predictions, no intervals
+    assert ner.add_intervals(results) is results and "bootstrap" not in results
     html = ner.highlight_html(["John", "lives", "in", "New", "York"],
                               ["B-PER", "O", "O", "B-LOC", "I-LOC"],
                               ["B-PER", "O", "O", "B-ORG", "O"])
@@ -280,3 +300,59 @@ def test_cli_threads_reach_torch(monkeypatch, tmp_path):
     finally:
         torch.set_num_threads(before)
     assert seen["threads"] == 1
+
+
+def _hand_made_results(gold_tags: list, preds: dict) -> dict:
+    """A ``ktlab.ner/1`` results dict around real CoNLL-2003 sentences and given predictions."""
+    from ktlab.tagging import ner_scores
+    ids = lambda rows: [[NER_LABELS.index(t) for t in s] for s in rows]   # noqa: E731
+    recs = []
+    for name, pred in preds.items():
+        student, _, condition = name.partition("/")
+        score = ner_scores(gold_tags, pred)
+        recs.append({"name": name, "student": student, "condition": condition or "fine-tuned",
+                     "dev_f1": score["f1"], "test_f1": round(score["f1"], 3),
+                     "test": {"repaired_tags": 0, "per_type": score["per_type"], "errors": {}},
+                     "params": 10, "throughput_sps": 100.0, "latency_ms": 1.0,
+                     "train_seconds": 1.0, "test_predictions": ids(pred)})
+    return {"schema": "ktlab.ner/1", "labels": NER_LABELS, "profile": "bench",
+            "teacher_name": "minilm", "students_requested": ["bilstm"], "teacher": recs[0],
+            "students": recs[1:], "test": {"gold": ids(gold_tags)}}
+
+
+def test_intervals_and_migration_from_stored_predictions(data_dir, tmp_path):
+    """Schema 1 results are upgraded from their test predictions alone: a copy of the gold tags
+    is "better" than a tagger that loses the first word of many entities; two conditions with
+    the same predictions show "no measurable difference"."""
+    gold = [list(t) for t in load_conll("test", data_dir)["ner_tags"][:300]]
+    dropped = [["O" if i % 3 == 0 and t.startswith("B-") else t for i, t in enumerate(s)]
+               for s in gold]
+    old = _hand_made_results(gold, {"teacher (minilm)": gold, "bilstm/hard": dropped,
+                                    "bilstm/kd": dropped, "bilstm/kd+crf": gold})
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(old))
+    new = ner.load_results(tmp_path)
+    assert new["schema"] == ner.SCHEMA == "ktlab.ner/2"
+    hard, kd, crf = new["students"]
+    assert hard["vs_hard"] is None and hard["vs_teacher"]["verdict"] == "worse"
+    assert kd["vs_hard"]["verdict"] == "no measurable difference"
+    assert (kd["vs_hard"]["difference"], kd["vs_hard"]["p_value"]) == (0.0, 1.0)
+    assert crf["vs_hard"]["verdict"] == "better" and crf["vs_hard"]["low"] > 0
+    assert crf["vs_teacher"] == {"baseline": "teacher (minilm)", "verdict": "no measurable "
+                                 "difference", "difference": 0.0, "low": 0.0, "high": 0.0,
+                                 "p_value": 1.0}
+    assert new["teacher"]["test_f1_ci"] == [100.0, 100.0]
+    s = new["summary"]["bilstm"]
+    assert s["best"] == "bilstm/kd+crf" and s["best_vs_hard"] == crf["vs_hard"]
+    assert s["best_test_f1_ci"] == crf["test_f1_ci"]
+    table = ner.markdown_table(new)
+    assert ner.format_comparison(crf["vs_hard"]) in table and "better" in table
+    assert "over the 300 test sentences (1,000 resamples, seed 0)" in table
+    assert ner.migrate_results(new) is new      # already current: unchanged
+    ner.upgrade_results_dir(tmp_path)
+    assert json.loads(path.read_text())["schema"] == ner.SCHEMA
+    assert (tmp_path / "table.md").read_text() == table + "\n"
+    assert (tmp_path / "tradeoff.png").is_file() and (tmp_path / "per_type_f1.png").is_file()
+    path.write_text(json.dumps({"schema": "ktlab.ner/0"}))
+    with pytest.raises(ValueError, match="expected 'ktlab.ner/2' \\(or 'ktlab.ner/1'\\)"):
+        ner.load_results(tmp_path)

@@ -116,6 +116,10 @@ def _multitask_args(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated seeds (default: the profile's; 3 in bench)")
     parser.add_argument("--no-distill", action="store_true",
                         help="skip multi-task distillation from the single-task teachers")
+    parser.add_argument("--equal-updates", action="store_true",
+                        help="also train the equal-updates control: per task, a single-task "
+                             "model with as many encoder updates as a multi-task model "
+                             "(steps_per_task x tasks; on in bench)")
 
 
 def _run_multitask(args: argparse.Namespace) -> int:
@@ -129,7 +133,7 @@ def _run_multitask(args: argparse.Namespace) -> int:
                                 samplers=[s for s in args.samplers.split(",") if s],
                                 out_dir=out, seeds=seeds, distill=not args.no_distill,
                                 progress=args.progress, max_examples=args.max_examples,
-                                max_steps=args.max_steps)
+                                max_steps=args.max_steps, equal_updates=args.equal_updates or None)
     except (multitask.ConfigError, ValueError) as err:
         print(f"ktlab run multitask: error: {err}", file=sys.stderr)
         return 2

@@ -85,8 +85,10 @@ def write_results(results: dict, out: Path, table: str,
             plt.close(fig)
 
 
-def load_results(path: str | Path, schema: str, experiment: str) -> dict:
-    """Read a ``results.json`` (the file or its folder) and check that it has ``schema``."""
+def load_results(path: str | Path, schema: str | Sequence[str], experiment: str) -> dict:
+    """Read a ``results.json`` (the file or its folder) and check that it has ``schema`` (or one
+    of several: the current one first, then older ones the caller knows how to upgrade)."""
+    accepted = (schema,) if isinstance(schema, str) else tuple(schema)
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
@@ -94,8 +96,10 @@ def load_results(path: str | Path, schema: str, experiment: str) -> dict:
         raise FileNotFoundError(f"no results at {path}; run `ktlab run {experiment} --out "
                                 f"{path.parent}` first")
     results = json.loads(path.read_text())
-    if results.get("schema") != schema:
-        raise ValueError(f"{path} has schema {results.get('schema')!r}, expected {schema!r}")
+    if results.get("schema") not in accepted:
+        older = f" (or {', '.join(map(repr, accepted[1:]))})" if len(accepted) > 1 else ""
+        raise ValueError(f"{path} has schema {results.get('schema')!r}, expected "
+                         f"{accepted[0]!r}{older}")
     return results
 
 

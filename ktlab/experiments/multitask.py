@@ -3,11 +3,17 @@
 One pipeline for ``ktlab run multitask`` and notebook 06:
 
 1. **single-task baselines** - one encoder per task, each trained for ``steps_per_task`` steps;
+   optionally (``single_task_equal_updates``, on in bench) the **equal-updates control**: one
+   more encoder per task trained for ``steps_per_task x n_tasks`` steps on its own task, as many
+   encoder updates as a multi-task model gets;
 2. **multi-task models** - one shared encoder trained for ``steps_per_task x n_tasks`` steps
    (the same compute budget as all baselines together) with each task sampler
    (:mod:`ktlab.transfer.multitask`);
-3. **negative-transfer report** - per task, multi-task score minus single-task score, over seeds
-   (mean and spread);
+3. **negative-transfer report** - per task, multi-task score minus single-task score of the
+   same seed (and minus the equal-updates control's), with the t interval over seeds and the
+   helped / hurt / no measurable difference verdict of
+   :func:`ktlab.metrics.seed_difference_interval` (always "no measurable difference" with one
+   seed);
 4. **multi-task distillation** (MT-DNN-KD, Liu et al. 2019) - the single-task models are the
    teachers; their logits are cached once, and a fresh multi-task student learns from
    ``alpha * KD + (1 - alpha) * CE``; compared with the same student trained without teachers.
@@ -32,7 +38,14 @@ from torch import nn
 from ktlab import config as kconfig
 from ktlab.experiments.common import caps_record, capped, describe_machine
 
-SCHEMA = "ktlab.multitask/1"
+#: ``/2``: per-task deltas carry the t interval over seeds and a verdict; the equal-updates
+#: control. :func:`load_results` reads ``/1`` files too (the summary is recomputed from the runs).
+SCHEMA = "ktlab.multitask/2"
+OLD_SCHEMAS = ("ktlab.multitask/1",)
+#: the single-task baseline (``steps_per_task`` steps) and the equal-updates control
+#: (``steps_per_task x n_tasks`` steps on one task): the two rows every delta is taken against
+BASELINE = "single-task"
+EQUAL_UPDATES = "single-task (equal updates)"
 TASKS = ("sst2", "ner", "pos", "chunk")
 SAMPLERS = ("proportional", "temperature", "round_robin")
 
@@ -58,6 +71,10 @@ class MultitaskSizes:
     kd_alpha: float = 0.5           #: weight of the distillation term
     kd_temperature: float = 2.0
     freeze_embeddings: bool = False  #: keep the teacher's embedding table fixed (cheaper steps)
+    #: also train the equal-updates control: per task, a single-task model with as many encoder
+    #: updates as a multi-task model (``steps_per_task x n_tasks``). It costs 4 x the single-task
+    #: baselines' steps: off in quick (+480 steps on the 600 a quick seed trains), on in bench
+    single_task_equal_updates: bool = False
 
 
 PROFILE_SIZES = {
@@ -68,12 +85,13 @@ PROFILE_SIZES = {
     "full": MultitaskSizes(sst2_train=None, conll_train=None, eval_per_task=None,
                            encoder_layers=None, steps_per_task=3000, seeds=(0, 1, 2),
                            batch_size=32, max_length=128, lr=3e-5),
-    # CPU, < 100 min on 2 shared cores: SST-2 subsampled to 20,000 sentences, CoNLL train
-    # complete; 300 steps x 16 sentences per task (each model sees 4,800 sentences per task);
-    # 1,000 evaluation sentences per task; 3 seeds (see README)
+    # CPU, 2 shared cores: SST-2 subsampled to 20,000 sentences, CoNLL train complete; 300
+    # steps x 16 sentences per task (each model sees 4,800 sentences per task); 1,000 evaluation
+    # sentences per task; 3 seeds (see README). 97 min without the equal-updates control; the
+    # control (4 x 1,200 more steps per seed) adds ~56 min (4 x their single-task time)
     "bench": MultitaskSizes(sst2_train=20000, conll_train=None, eval_per_task=1000,
                             encoder_layers=2, steps_per_task=300, seeds=(0, 1, 2), lr=2e-4,
-                            freeze_embeddings=True),
+                            freeze_embeddings=True, single_task_equal_updates=True),
 }
 
 
@@ -226,11 +244,13 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
         out_dir: Optional[str | Path] = None, seeds: Optional[Sequence[int]] = None,
         sizes: Optional[MultitaskSizes] = None, distill: bool = True,
         progress: bool = False, max_examples: Optional[int] = None,
-        max_steps: Optional[int] = None) -> dict:
+        max_steps: Optional[int] = None, equal_updates: Optional[bool] = None) -> dict:
     """Run the whole experiment and return the results dict (also written to ``out_dir``).
 
     ``sizes`` overrides the profile's :class:`MultitaskSizes`; ``max_examples`` and ``max_steps``
-    cap them (:func:`cap_sizes`; ``results["capped"]`` records the caps)."""
+    cap them (:func:`cap_sizes`; ``results["capped"]`` records the caps). ``equal_updates``
+    (``--equal-updates``) overrides ``sizes.single_task_equal_updates``: also train the
+    equal-updates control."""
     from ktlab.models import load_teacher, load_tokenizer
     from ktlab.transfer.multitask import (MultiTaskModel, TaskSampler, evaluate_tasks,
                                           task_probabilities, train_multitask)
@@ -240,6 +260,8 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
 
     cfg = kconfig.load(profile, teacher=teacher, verbose=False)
     sizes = cap_sizes(sizes or PROFILE_SIZES[cfg.profile], max_examples, max_steps)
+    if equal_updates is not None:
+        sizes = dataclasses.replace(sizes, single_task_equal_updates=bool(equal_updates))
     tasks = list(tasks)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
@@ -288,8 +310,12 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
         singles = {}
         for spec in specs:   # 1. single-task baselines
             singles[spec.name] = train_and_score(
-                "single-task", seed, data, [spec], TaskSampler({spec.name: 1}, "uniform", seed=seed),
+                BASELINE, seed, data, [spec], TaskSampler({spec.name: 1}, "uniform", seed=seed),
                 sizes.steps_per_task)
+        if sizes.single_task_equal_updates:   # 1b. as many encoder updates as multi-task
+            for spec in specs:
+                train_and_score(EQUAL_UPDATES, seed, data, [spec],
+                                TaskSampler({spec.name: 1}, "uniform", seed=seed), total_steps)
         for strategy in samplers:   # 2. multi-task, one model per sampler
             train_and_score(f"multi-task ({strategy})", seed, data, specs,
                             TaskSampler(train_sizes, strategy, sizes.temperature, seed),
@@ -323,59 +349,126 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
 
 # ----------------------------------------------------------------------------- reporting
 
+def paired_delta(results: dict, model: str, baseline: str, task: str) -> dict:
+    """``model``'s score minus ``baseline``'s on ``task``, paired by seed: the per-seed deltas
+    (``per_seed``), their mean and std, the t interval over seeds and the verdict of
+    :func:`ktlab.metrics.seed_difference_interval`. With one seed ``low``/``high`` are ``None``
+    (no interval) and the verdict is "no measurable difference"; with none, ``mean`` is NaN."""
+    return _delta_record(_per_seed(results, model, baseline, [task]))
+
+
+def _per_seed(results: dict, model: str, baseline: str, tasks: Sequence[str]) -> list[float]:
+    """Per seed (where both models have every task): mean over ``tasks`` of model - baseline."""
+    def score(name: str, task: str, seed: int) -> Optional[float]:
+        return next((r["score"] for r in results["runs"] if r["model"] == name
+                     and r["task"] == task and r["seed"] == seed), None)
+
+    out = []
+    for seed in results["seeds"]:
+        pairs = [(score(model, t, seed), score(baseline, t, seed)) for t in tasks]
+        if pairs and all(a is not None and b is not None for a, b in pairs):
+            out.append(statistics.fmean(a - b for a, b in pairs))
+    return out
+
+
+def _delta_record(per_seed: list[float]) -> dict:
+    import math
+
+    from ktlab.metrics import seed_difference_interval
+    if not per_seed:
+        return {"mean": float("nan"), "std": 0.0, "n": 0, "low": None, "high": None,
+                "verdict": "no measurable difference", "per_seed": []}
+    ci = seed_difference_interval(per_seed)
+    finite = lambda x: x if math.isfinite(x) else None   # noqa: E731 (JSON has no infinity)
+    return {"mean": ci["mean"], "std": ci["std"], "n": ci["n"], "low": finite(ci["low"]),
+            "high": finite(ci["high"]), "level": ci["level"], "verdict": ci["verdict"],
+            "per_seed": per_seed}
+
+
 def summarise(results: dict) -> dict:
-    """Per model and task: mean and standard deviation over seeds; per multi-task model: the
-    delta against single-task (negative transfer where it is below 0) and the task average."""
+    """Per model and task: mean and standard deviation over seeds. Per model other than the
+    single-task baseline: the delta against it (``deltas``; negative transfer where below 0)
+    and, when the equal-updates control was trained, per multi-task model the delta against
+    the control (``deltas_vs_equal_updates``), each paired by seed with its t interval and
+    verdict (:func:`paired_delta`); the same for the task average (``average_deltas``,
+    ``average_deltas_vs_equal_updates``); the task averages; the goal check per multi-task
+    model (on the means: average >= single-task, no task more than 1 point worse)."""
+    tasks = results["tasks"]
     table: dict[str, dict[str, dict]] = {}
     for model in dict.fromkeys(r["model"] for r in results["runs"]):
         table[model] = {}
-        for task in results["tasks"]:
+        for task in tasks:
             scores = [r["score"] for r in results["runs"] if r["model"] == model and r["task"] == task]
             if scores:
                 table[model][task] = {"mean": statistics.fmean(scores),
                                       "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
                                       "n": len(scores)}
-    single = table.get("single-task", {})
-    deltas: dict[str, dict] = {}
-    for model, per_task in table.items():
-        if model == "single-task":
+    multi = [m for m in table if m not in (BASELINE, EQUAL_UPDATES)]
+    summary: dict[str, Any] = {"scores": table}
+    for key, baseline, models in (("", BASELINE, [m for m in table if m != BASELINE]),
+                                  ("_vs_equal_updates", EQUAL_UPDATES, multi)):
+        if baseline not in table:
             continue
-        deltas[model] = {}
-        for task, stats in per_task.items():
-            paired = []
-            for seed in results["seeds"]:
-                mine = [r["score"] for r in results["runs"] if r["model"] == model
-                        and r["task"] == task and r["seed"] == seed]
-                base = [r["score"] for r in results["runs"] if r["model"] == "single-task"
-                        and r["task"] == task and r["seed"] == seed]
-                if mine and base:
-                    paired.append(mine[0] - base[0])
-            deltas[model][task] = {"mean": statistics.fmean(paired) if paired else float("nan"),
-                                   "std": statistics.stdev(paired) if len(paired) > 1 else 0.0}
+        summary["deltas" + key] = {m: {t: paired_delta(results, m, baseline, t)
+                                       for t in table[m]} for m in models}
+        summary["average_deltas" + key] = {m: _delta_record(_per_seed(results, m, baseline,
+                                                                      list(table[m])))
+                                           for m in models}
+    summary.setdefault("deltas", {})
     averages = {model: statistics.fmean(s["mean"] for s in per_task.values())
                 for model, per_task in table.items() if per_task}
     goal = {}
-    for model, per_task in deltas.items():
-        if single:
+    for model in multi:
+        per_task = summary["deltas"].get(model)
+        if per_task:
             worst = min(d["mean"] for d in per_task.values())
-            goal[model] = {"average_vs_single": averages[model] - averages["single-task"],
+            goal[model] = {"average_vs_single": averages[model] - averages[BASELINE],
                            "worst_task_delta": worst,
-                           "met": averages[model] >= averages["single-task"] and worst >= -1.0}
-    return {"scores": table, "deltas": deltas, "averages": averages, "goal": goal}
+                           "met": averages[model] >= averages[BASELINE] and worst >= -1.0}
+    summary.update(averages=averages, goal=goal)
+    return summary
+
+
+def format_delta(d: dict) -> str:
+    """A paired delta as a table cell: ``+1.5 [+0.2, +2.8] helped`` (``+0.6 (1 seed) no
+    measurable difference`` without an interval)."""
+    if d["low"] is None:
+        return f"{d['mean']:+.1f} ({d['n']} seed{'s' if d['n'] != 1 else ''}) {d['verdict']}"
+    return f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}] {d['verdict']}"
 
 
 def markdown_table(results: dict) -> str:
-    """Mean ± std (over seeds) per model and task, the task average, and the goal check."""
+    """Mean ± std (over seeds) per model and task with the task average; then, per baseline
+    (single-task; the equal-updates control when it was trained), every other model's paired
+    delta per task and on average with its 95% t interval over seeds and verdict."""
     summary = results["summary"]
     tasks = results["tasks"]
-    lines = ["| model | " + " | ".join(tasks) + " | average | Δ avg vs single |",
-             "|---" * (len(tasks) + 3) + "|"]
+    n_seeds = len(results["seeds"])
+    head = ["| model | " + " | ".join(tasks) + " | average |", "|---" * (len(tasks) + 2) + "|"]
+    lines = [f"Scores (points), mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''}:",
+             ""] + head
     for model, per_task in summary["scores"].items():
-        cells = [f"{per_task[t]['mean']:.1f} ± {per_task[t]['std']:.1f}" for t in tasks]
-        delta = summary["goal"].get(model, {}).get("average_vs_single")
-        lines.append(f"| {model} | " + " | ".join(cells) +
-                     f" | {summary['averages'][model]:.1f} | "
-                     f"{'—' if delta is None else f'{delta:+.1f}'} |")
+        cells = [f"{per_task[t]['mean']:.1f} ± {per_task[t]['std']:.1f}" if t in per_task
+                 else "—" for t in tasks]
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {summary['averages'][model]:.1f} |")
+    steps = results["sizes"]["steps_per_task"]
+    titles = {"": f"Δ vs {BASELINE} ({steps} steps per task)",
+              "_vs_equal_updates": f"Δ vs {EQUAL_UPDATES} ({steps * len(tasks)} steps per "
+                                   "task, as many encoder updates as a multi-task model)"}
+    for key, title in titles.items():
+        deltas = summary.get("deltas" + key)
+        if not deltas:
+            continue
+        lines += ["", f"{title}: model − baseline of the same seed, mean [95% t interval over "
+                      "seeds] and verdict:", ""] + head
+        for model, per_task in deltas.items():
+            cells = [format_delta(per_task[t]) if t in per_task else "—" for t in tasks]
+            lines.append(f"| {model} | " + " | ".join(cells) + " | "
+                         f"{format_delta(summary['average_deltas' + key][model])} |")
+    if n_seeds < 2:
+        lines += ["", f"With {n_seeds} seed there is no spread to estimate, so no interval: every "
+                      "verdict is \"no measurable difference\" whatever the sign of the delta "
+                      "(the bench profile runs 3 seeds)."]
     return "\n".join(lines)
 
 
@@ -385,13 +478,34 @@ def write_results(results: dict, out: Path, plots: bool = True) -> None:
 
 
 def load_results(path: str | Path) -> dict:
+    """Read a ``results.json`` (a file or its folder) and check its schema; a
+    ``ktlab.multitask/1`` file is upgraded in memory (:func:`migrate_results`)."""
     from ktlab.experiments import common
-    return common.load_results(path, SCHEMA, "multitask")
+    return migrate_results(common.load_results(path, (SCHEMA, *OLD_SCHEMAS), "multitask"))
+
+
+def migrate_results(results: dict) -> dict:
+    """A ``ktlab.multitask/1`` results dict as ``/2``: the summary (intervals and verdicts)
+    recomputed from its runs, no retraining; a ``/2`` dict is returned unchanged."""
+    if results.get("schema") in OLD_SCHEMAS:
+        results["schema"] = SCHEMA
+        results["summary"] = summarise(results)
+    return results
+
+
+def upgrade_results_dir(path: str | Path) -> dict:
+    """Rewrite a results folder written under an older schema (``results.json``, ``table.md``,
+    ``deltas.png``): ``multitask.upgrade_results_dir("results/multitask-bench")``."""
+    out = Path(path)
+    results = load_results(out)
+    write_results(results, out)
+    return results
 
 
 def plot_deltas(results: dict) -> Any:
-    """Per-task difference to single-task training, one bar group per multi-task model, with
-    error bars = standard deviation over seeds. Below zero is negative transfer."""
+    """Per-task difference to single-task training, one bar group per model (the equal-updates
+    control included: what more encoder updates alone do), with error bars = the 95% t interval
+    over seeds (none with one seed). Below zero is negative transfer."""
     import matplotlib.pyplot as plt
 
     deltas = results["summary"]["deltas"]
@@ -401,13 +515,16 @@ def plot_deltas(results: dict) -> Any:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     x = np.arange(len(tasks))
     for i, model in enumerate(models):
-        means = [deltas[model][t]["mean"] for t in tasks]
-        stds = [deltas[model][t]["std"] for t in tasks]
-        ax.bar(x + i * width, means, width, yerr=stds, capsize=3, label=model)
+        cells = [deltas[model].get(t) for t in tasks]
+        means = [d["mean"] if d else np.nan for d in cells]
+        half = [d["high"] - d["mean"] if d and d["high"] is not None else 0.0 for d in cells]
+        ax.bar(x + i * width, means, width, yerr=half, capsize=3, label=model)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(x + width * (len(models) - 1) / 2, tasks)
     ax.set_ylabel("score − single-task (points)")
-    ax.set_title(f"Multi-task vs single-task ({results['profile']} profile, "
-                 f"{len(results['seeds'])} seed(s))")
-    ax.legend(fontsize=8)
+    n = len(results["seeds"])
+    bars = "error bars: 95% t interval" if n > 1 else "1 seed: no interval"
+    ax.set_title(f"Multi-task vs single-task ({results['profile']} profile, {n} seed(s); {bars})",
+                 fontsize=10)
+    ax.legend(fontsize=7)
     return fig

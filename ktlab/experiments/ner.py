@@ -24,6 +24,10 @@ per word. Losses, caches, CRFs and evaluation all work on that word view.
 4. evaluate with seqeval in strict IOB2 mode (invalid predictions repaired and counted) on dev and
    test, overall and per type; split errors into boundary and type errors; measure parameters,
    CPU throughput, batch-1 latency (forward + decoding, Viterbi for CRFs) and training time;
+5. put error bars on every comparison, from the stored test predictions (:func:`add_intervals`):
+   each model's test F1 with its sentence-level bootstrap 95% interval, and each student against
+   its ``hard`` condition and against the teacher as a paired-bootstrap F1 difference with its
+   interval and verdict (:func:`ktlab.metrics.paired_bootstrap_f1`);
    write ``results.json``, ``table.md`` and plots.
 """
 from __future__ import annotations
@@ -43,7 +47,12 @@ from ktlab.data.conll import ENTITY_TYPES, NER_LABELS
 from ktlab.experiments.common import caps_record, capped, describe_machine
 from ktlab.experiments.sentiment import ConfigError, _cache_key, count_params
 
-SCHEMA = "ktlab.ner/1"
+#: ``/2`` adds bootstrap intervals of the test F1 and paired comparisons (:func:`add_intervals`);
+#: :func:`load_results` upgrades a ``/1`` file in memory from its stored test predictions
+SCHEMA = "ktlab.ner/2"
+OLD_SCHEMAS = ("ktlab.ner/1",)
+#: the sentence-level bootstrap behind every interval (resamples, generator seed, level)
+BOOTSTRAP = {"n_boot": 1000, "seed": 0, "level": 0.95}
 STUDENTS = ("bilstm", "tiny")
 ALL_CONDITIONS = ("hard", "hard+crf", "kd", "kd+crf", "kd+crf+pca")
 #: What each student trains under by default (``hard+crf`` is opt-in: it costs a run).
@@ -597,6 +606,7 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
                  "tokens": [list(t) for t in data["test"]["tokens"]],
                  "gold": [[NER_LABELS.index(t) for t in s] for s in ev["test_gold"]]},
     }
+    add_intervals(results)
     results["summary"] = summarise(results)
     write_results(results, out, plots=plots)
     log(markdown_table(results))
@@ -606,43 +616,138 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
 
 # ----------------------------------------------------------------------------- reporting
 
+def add_intervals(results: dict, n_boot: int = BOOTSTRAP["n_boot"],
+                  seed: int = BOOTSTRAP["seed"], level: float = BOOTSTRAP["level"]) -> dict:
+    """Error bars from the stored test predictions (no model is run): every record gets
+    ``test_f1_ci`` (``[low, high]``, percentile bootstrap over test sentences) and the same per
+    entity type (``test.per_type[X].f1_ci``); every student gets ``vs_hard`` (against its own
+    ``hard`` condition; ``None`` for ``hard`` itself or when it was not trained) and
+    ``vs_teacher``: the paired-bootstrap F1 difference with its interval, p-value and verdict
+    (:func:`ktlab.metrics.paired_bootstrap_f1`). ``results["bootstrap"]`` records the settings.
+    Records without ``test_predictions`` are left alone. Returns ``results`` (changed in place)."""
+    from ktlab.metrics import bootstrap_f1_interval
+    if "test" not in results or not all("test_predictions" in r for r in _records(results)):
+        return results
+    gold = _tags(results, results["test"]["gold"])
+    settings = dict(n_boot=n_boot, seed=seed, level=level)
+    for rec in _records(results):
+        pred = _tags(results, rec["test_predictions"])
+        for row, kind in [(rec, None)] + [(row, k) for k, row in rec["test"]["per_type"].items()]:
+            ci = bootstrap_f1_interval(gold, pred, entity_type=kind, **settings)
+            row["test_f1_ci" if kind is None else "f1_ci"] = [round(ci["low"], 3),
+                                                             round(ci["high"], 3)]
+    for rec in results["students"]:
+        hard = _hard_of(results, rec["student"])
+        rec["vs_hard"] = (compare(results, rec["name"], hard["name"], **settings)
+                          if hard is not None and hard is not rec else None)
+        rec["vs_teacher"] = compare(results, rec["name"], results["teacher"]["name"], **settings)
+    results["bootstrap"] = {"split": "test", "unit": "sentence", "sentences": len(gold),
+                            **settings}
+    return results
+
+
+def compare(results: dict, name: str, baseline: str, n_boot: int = BOOTSTRAP["n_boot"],
+            seed: int = BOOTSTRAP["seed"], level: float = BOOTSTRAP["level"]) -> dict:
+    """Model ``name`` against model ``baseline`` (record names, e.g. ``"bilstm/kd+crf"`` and
+    ``"bilstm/kd"``) on the stored test predictions: the paired-bootstrap test-F1 difference
+    (points), its interval, p-value and verdict (:func:`ktlab.metrics.paired_bootstrap_f1`),
+    as stored under ``vs_hard`` / ``vs_teacher``."""
+    from ktlab.metrics import paired_bootstrap_f1
+    recs = {r["name"]: r for r in _records(results)}
+    missing = [n for n in (name, baseline) if n not in recs]
+    if missing:
+        raise KeyError(f"no model {missing[0]!r} in these results; they hold {', '.join(recs)}")
+    test = paired_bootstrap_f1(_tags(results, results["test"]["gold"]),
+                               _tags(results, recs[name]["test_predictions"]),
+                               _tags(results, recs[baseline]["test_predictions"]),
+                               n_boot=n_boot, seed=seed, level=level)
+    return {"baseline": baseline, "verdict": test["verdict"],
+            **{k: round(test[k], 3) for k in ("difference", "low", "high", "p_value")}}
+
+
+def _tags(results: dict, rows: Sequence[Sequence[int]]) -> list[list[str]]:
+    names = results["labels"]
+    return [[names[i] for i in row] for row in rows]
+
+
+def _hard_of(results: dict, student: str) -> Optional[dict]:
+    return next((r for r in results["students"]
+                 if r["student"] == student and r["condition"] == "hard"), None)
+
+
 def summarise(results: dict) -> dict:
     """Headline comparisons: best student per architecture, gain over its ``hard`` baseline,
-    share of the teacher's F1, speed-up and size ratio (all computed from the records)."""
+    share of the teacher's F1, speed-up and size ratio (all computed from the records); with
+    intervals (:func:`add_intervals`), the teacher's and the best student's test-F1 interval
+    and the best student's paired comparisons with ``hard`` and with the teacher."""
     teacher = results["teacher"]
     summary: dict[str, Any] = {"teacher_test_f1": teacher["test_f1"],
-                               "teacher_dev_f1": teacher["dev_f1"]}
+                               "teacher_dev_f1": teacher["dev_f1"],
+                               "teacher_test_f1_ci": teacher.get("test_f1_ci")}
     for student in results["students_requested"]:
         recs = [r for r in results["students"] if r["student"] == student]
         if not recs:
             continue
         best = max(recs, key=lambda r: r["dev_f1"])  # chosen on dev, reported on test
-        hard = next((r for r in recs if r["condition"] == "hard"), None)
+        hard = _hard_of(results, student)
         summary[student] = {
             "best": best["name"], "best_test_f1": best["test_f1"], "best_dev_f1": best["dev_f1"],
+            "best_test_f1_ci": best.get("test_f1_ci"),
             "share_of_teacher": round(best["test_f1"] / max(teacher["test_f1"], 1e-9), 4),
             "gain_over_hard_points": (round(best["test_f1"] - hard["test_f1"], 2)
                                       if hard else None),
+            "best_vs_hard": best.get("vs_hard"), "best_vs_teacher": best.get("vs_teacher"),
             "speedup_vs_teacher": round(best["throughput_sps"] / teacher["throughput_sps"], 2),
             "params_ratio": round(teacher["params"] / best["params"], 2)}
     return summary
 
 
+def format_interval(value: float, ci: Optional[Sequence[float]], signed: bool = False) -> str:
+    """``"77.5 [76.3, 78.8]"`` (``"+3.3 [+2.6, +4.0]"`` when ``signed``); the bare value
+    without an interval."""
+    fmt = "{:+.1f}" if signed else "{:.1f}"
+    if ci is None:
+        return fmt.format(value)
+    return f"{fmt.format(value)} [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+
+
+def format_comparison(test: Optional[dict]) -> str:
+    """A paired comparison as a table cell: difference [interval] and its verdict."""
+    if not test:
+        return "—"
+    return (f"{format_interval(test['difference'], (test['low'], test['high']), signed=True)} "
+            f"{test['verdict']}")
+
+
 def markdown_table(results: dict) -> str:
-    """One row per model: entity F1 (dev, test), share of teacher, size, speed, training time."""
+    """One row per model: entity F1 (dev; test with its bootstrap 95% interval), the paired
+    test-F1 difference to the student's ``hard`` condition and to the teacher (interval and
+    verdict), share of teacher, size, speed, training time; a note on how the intervals were
+    computed when the results have them."""
     teacher = results["teacher"]
-    head = ("| model | F1 dev | F1 test | % of teacher | repaired tags | params (M) | "
-            "sent/s @32 | x teacher | latency b=1 (ms) | train (s) |\n"
-            "|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| model | F1 dev | F1 test [95% CI] | Δ F1 vs hard [95% CI] | Δ F1 vs teacher "
+            "[95% CI] | % of teacher | repaired tags | params (M) | sent/s @32 | x teacher | "
+            "latency b=1 (ms) | train (s) |\n" + "|---" * 12 + "|")
     rows = []
     for r in [teacher] + results["students"]:
-        rows.append(f"| {r['name']} | {r['dev_f1']:.1f} | {r['test_f1']:.1f} | "
+        rows.append(f"| {r['name']} | {r['dev_f1']:.1f} | "
+                    f"{format_interval(r['test_f1'], r.get('test_f1_ci'))} | "
+                    f"{format_comparison(r.get('vs_hard'))} | "
+                    f"{format_comparison(r.get('vs_teacher'))} | "
                     f"{100 * r['test_f1'] / max(teacher['test_f1'], 1e-9):.1f} | "
                     f"{r['test']['repaired_tags']} | {r['params'] / 1e6:.2f} | "
                     f"{r['throughput_sps']:.0f} | "
                     f"{r['throughput_sps'] / teacher['throughput_sps']:.1f} | "
                     f"{r['latency_ms']:.1f} | {r['train_seconds']:.0f} |")
-    return head + "\n" + "\n".join(rows)
+    table = head + "\n" + "\n".join(rows)
+    b = results.get("bootstrap")
+    if b:
+        table += (f"\n\nIntervals: {100 * b['level']:.0f}% percentile bootstrap over the "
+                  f"{b['sentences']:,} {b['split']} sentences ({b['n_boot']:,} resamples, seed "
+                  f"{b['seed']}); Δ: the paired bootstrap of the F1 difference (both models "
+                  "scored on the same resamples); better/worse only where its interval "
+                  "excludes 0.")
+    return table
 
 
 def write_results(results: dict, out: Path, plots: bool = True) -> None:
@@ -655,9 +760,33 @@ def write_results(results: dict, out: Path, plots: bool = True) -> None:
 
 
 def load_results(path: str | Path) -> dict:
-    """Read a ``results.json`` (a file or the folder holding it) and check its schema."""
+    """Read a ``results.json`` (a file or the folder holding it) and check its schema; a
+    ``ktlab.ner/1`` file is upgraded in memory (:func:`migrate_results`)."""
     from ktlab.experiments.common import load_results as load
-    return load(path, SCHEMA, "ner")
+    return migrate_results(load(path, (SCHEMA, *OLD_SCHEMAS), "ner"))
+
+
+def migrate_results(results: dict) -> dict:
+    """A ``ktlab.ner/1`` results dict as ``ktlab.ner/2``: intervals and paired comparisons
+    computed from its stored test predictions (:func:`add_intervals`, no retraining) and the
+    summary recomputed. A ``/2`` dict is returned unchanged."""
+    if results.get("schema") in OLD_SCHEMAS:
+        add_intervals(results)
+        results["schema"] = SCHEMA
+        results["summary"] = summarise(results)
+    return results
+
+
+def upgrade_results_dir(path: str | Path) -> dict:
+    """Rewrite a results folder written under an older schema: ``results.json`` (migrated),
+    ``table.md`` and the two plots that show intervals (``tradeoff.png``, ``per_type_f1.png``).
+    For committed bench results: ``ner.upgrade_results_dir("results/ner-bench")``."""
+    from ktlab.experiments import common
+    out = Path(path)
+    results = load_results(out)
+    common.write_results(results, out, markdown_table(results),
+                         {"per_type_f1": plot_per_type, "tradeoff": plot_tradeoff})
+    return results
 
 
 def _records(results: dict) -> list[dict]:
@@ -669,18 +798,25 @@ def _short(results: dict, rec: dict) -> str:
 
 
 def plot_per_type(results: dict) -> Any:
-    """Test F1 per entity type (PER, LOC, ORG, MISC) for every model: grouped bars."""
+    """Test F1 per entity type (PER, LOC, ORG, MISC) for every model: grouped bars, with the
+    bootstrap 95% interval of each as an error bar where the results have them."""
     import matplotlib.pyplot as plt
     recs = _records(results)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(ENTITY_TYPES) + 0.4 * len(recs)), 3.8))
     width = 0.8 / len(recs)
     for k, r in enumerate(recs):
-        vals = [r["test"]["per_type"].get(t, {}).get("f1", 0.0) for t in ENTITY_TYPES]
+        rows = [r["test"]["per_type"].get(t, {}) for t in ENTITY_TYPES]
+        vals = [row.get("f1", 0.0) for row in rows]
+        cis = [row.get("f1_ci") or (v, v) for row, v in zip(rows, vals)]
         ax.bar([i + (k - (len(recs) - 1) / 2) * width for i in range(len(ENTITY_TYPES))], vals,
-               width, label=_short(results, r))
+               width, label=_short(results, r),
+               yerr=[[max(v - lo, 0) for v, (lo, _) in zip(vals, cis)],
+                     [max(hi - v, 0) for v, (_, hi) in zip(vals, cis)]],
+               error_kw=dict(lw=0.8, capsize=1.5, ecolor="0.25"))
     ax.set_xticks(range(len(ENTITY_TYPES)), ENTITY_TYPES)
     ax.set_xlabel("entity type")
-    ax.set_ylabel("test F1 (%, strict IOB2)")
+    ax.set_ylabel("test F1 (%, strict IOB2; 95% CI)" if "bootstrap" in results
+                  else "test F1 (%, strict IOB2)")
     ax.set_ylim(0, 100)
     ax.set_title(f"CoNLL-2003 F1 per entity type ({results['profile']} profile)")
     ax.legend(fontsize=7, ncol=2)
@@ -717,15 +853,20 @@ def plot_tradeoff(results: dict) -> Any:
                            (axes[1], "latency_ms", "batch-1 CPU latency incl. decoding (ms, log)")):
         for r in _records(results):
             x = r[key] / 1e6 if key == "params" else r[key]
-            ax.scatter(x, r["test_f1"], marker=markers.get(r["student"], "o"),
-                       s=120 if r["student"] == "teacher" else 50)
+            dots = ax.scatter(x, r["test_f1"], marker=markers.get(r["student"], "o"),
+                              s=120 if r["student"] == "teacher" else 50)
+            if r.get("test_f1_ci"):   # the bootstrap 95% interval of the test F1
+                low, high = r["test_f1_ci"]
+                ax.errorbar(x, r["test_f1"], yerr=[[r["test_f1"] - low], [high - r["test_f1"]]],
+                            fmt="none", ecolor=dots.get_facecolor()[0], capsize=3, lw=1)
             ax.annotate(_short(results, r), (x, r["test_f1"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))   # 2, 5, 10 rather than 2x10^0
         ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
         ax.set_xlabel(label)
-        ax.set_ylabel("test entity F1 (%)")
+        ax.set_ylabel("test entity F1 (%; bars: 95% CI)" if "bootstrap" in results
+                      else "test entity F1 (%)")
         ax.grid(alpha=0.3)
     fig.suptitle(f"NER: F1 vs size and latency ({results['profile']} profile)")
     return fig
