@@ -35,12 +35,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from ktlab.config import DeviceError
     from ktlab.data.mirror import DataCorruptError, DataUnavailableError
     from ktlab.models import MissingHeadError, TeacherNotFoundError
 
     try:
         return int(args.func(args) or 0)
-    except (DataCorruptError, DataUnavailableError, MissingHeadError, TeacherNotFoundError) as err:
+    except (DataCorruptError, DataUnavailableError, DeviceError, MissingHeadError,
+            TeacherNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -65,15 +65,47 @@ class Config:
                 f"seed={self.seed} data={data}")
 
 
+class DeviceError(RuntimeError):
+    """The device asked for (``KTLAB_DEVICE`` or ``device=``) does not exist on this machine."""
+
+
 def pick_device(override: Optional[str] = None) -> str:
-    """cuda > mps > cpu, unless ``override`` or ``KTLAB_DEVICE`` names one."""
+    """cuda > mps > cpu, unless ``override`` or ``KTLAB_DEVICE`` names one.
+
+    A named device that this machine lacks is a :class:`DeviceError` whose one-line message
+    names where the request came from and the fix (never a silent fallback to the CPU)."""
     import torch
 
-    choice = override or os.environ.get("KTLAB_DEVICE")
+    env = os.environ.get("KTLAB_DEVICE", "").strip()
+    choice = (override or env).strip()
     if choice:
-        if choice.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device {choice!r} requested but CUDA is not available; "
-                               "unset KTLAB_DEVICE or use 'cpu'")
+        where = f"device={choice!r}" if override else f"KTLAB_DEVICE={choice}"
+        fix = ("pass device='cpu' (or no device: ktlab then picks cuda > mps > cpu itself)"
+               if override else "unset KTLAB_DEVICE (ktlab then picks cuda > mps > cpu itself) "
+               "or set KTLAB_DEVICE=cpu")
+        try:
+            kind = torch.device(choice).type
+        except (RuntimeError, ValueError):
+            raise DeviceError(f"{where} is not a torch device name; use cpu, cuda, cuda:N or "
+                              f"mps - or {fix}") from None
+        if kind == "cuda":
+            if not torch.cuda.is_available():
+                why = ("a CPU-only build" if torch.version.cuda is None
+                       else "no GPU or driver found")
+                raise DeviceError(f"{where} asks for a CUDA GPU, but CUDA is not available on "
+                                  f"this machine (torch {torch.__version__}: {why}); fix: {fix}")
+            index, count = torch.device(choice).index, torch.cuda.device_count()
+            if index is not None and index >= count:
+                raise DeviceError(f"{where} asks for GPU {index}, but this machine has {count} "
+                                  f"(cuda:0 to cuda:{count - 1}); fix: {fix}")
+        elif kind == "mps":
+            mps = getattr(torch.backends, "mps", None)
+            if mps is None or not mps.is_available():
+                raise DeviceError(f"{where} asks for Apple's MPS, but it is not available on "
+                                  f"this machine; fix: {fix}")
+        elif kind != "cpu":
+            raise DeviceError(f"{where}: ktlab runs on cpu, cuda[:N] or mps, not {kind!r}; "
+                              f"fix: {fix}")
         return choice
     if torch.cuda.is_available():
         return "cuda"

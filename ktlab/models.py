@@ -43,8 +43,7 @@ def resolve_teacher(name_or_path: str) -> str:
         return str(minilm_path())
     path = Path(name_or_path).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
-            raise TeacherNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
+        check_model_folder(path)
         return str(path.resolve())
     if _in_hf_cache(name_or_path):
         return name_or_path
@@ -56,6 +55,28 @@ def resolve_teacher(name_or_path: str) -> str:
             f"and the hub is unreachable ({reason}). Use --teacher minilm offline, or download "
             f"it on a machine with internet (`huggingface-cli download {name_or_path}`).")
     return name_or_path
+
+
+#: Files one of which holds a local folder's weights (as ``save_pretrained`` writes them).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def check_model_folder(path: Path) -> None:
+    """Refuse, in one line with the fix, a local teacher that ``from_pretrained`` cannot load:
+    not a folder, no ``config.json``, or no weights file."""
+    fix = ("pass a folder written by model.save_pretrained(DIR) (config.json plus "
+           "model.safetensors or pytorch_model.bin), or --teacher minilm for the offline teacher")
+    if not path.is_dir():
+        raise TeacherNotFoundError(f"{path} is not a Hugging Face model folder (it is a file); "
+                                   f"{fix}")
+    if not (path / "config.json").is_file():
+        raise TeacherNotFoundError(f"{path} is not a Hugging Face model folder (no config.json); "
+                                   f"{fix}")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise TeacherNotFoundError(
+            f"{path} is not a Hugging Face model folder: it has config.json but no weights "
+            f"(none of {', '.join(WEIGHT_FILES)}); copy the weights file into it, or {fix}")
 
 
 def _in_hf_cache(repo_id: str) -> bool:

@@ -101,8 +101,10 @@ def parse_conll_lines(lines: Iterable[str], source: str = "<lines>") -> dict[str
         cols = line.split()
         if len(cols) != 4:
             raise mirror.DataCorruptError(
-                f"{source}:{number}: expected 4 columns 'word POS chunk NER', got {len(cols)}: "
-                f"{line[:60]!r}")
+                f"{source}:{number}: expected 4 columns 'word POS chunk NER', "
+                f"got {len(cols)}: {line[:60]!r}; fix that line (every token line needs all 4 "
+                "columns; a blank line ends a sentence), or restore the original file "
+                "(`ktlab data verify` checks a mirror)")
         sentence.append(cols)
     flush()
     return rows

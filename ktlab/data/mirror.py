@@ -90,9 +90,11 @@ def verified_mirror_file(root: Path, dataset: str, split: str) -> Path:
         got = sha256_file(path)
         if want is not None and got != want:
             raise DataCorruptError(
-                f"{path} is corrupt or not the canonical file: sha256 {got[:12]}... != expected "
-                f"{want[:12]}...; restore it (e.g. `ktlab data download --to {root}`) "
-                f"or point KTLAB_DATA_DIR at a good mirror")
+                f"{path} is corrupt or truncated ({stat.st_size:,} bytes, sha256 {got[:12]}... "
+                f"!= expected {want[:12]}...). Fix: "
+                f"re-copy this file from the original mirror (e.g. ../shared/data/{relpath}), "
+                f"or rewrite the mirror with `ktlab data download --to {root}` on a machine "
+                f"with internet, then check it with `ktlab data verify {root}`")
         _VERIFIED[key] = got
     return path
 

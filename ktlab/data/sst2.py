@@ -24,11 +24,20 @@ FEATURES = datasets.Features({
 
 
 def read_tsv(path: Path, split: str) -> datasets.Dataset:
-    """Parse a GLUE SST-2 TSV file (``sentence\\tlabel``, or ``index\\tsentence`` for test)."""
+    """Parse a GLUE SST-2 TSV file (``sentence\\tlabel``, or ``index\\tsentence`` for test).
+
+    A bad line is a :class:`~ktlab.data.mirror.DataCorruptError` naming ``FILE:LINE`` (the
+    header is line 1) and the fix."""
     lines = path.read_text(encoding="utf-8").splitlines()
     if not lines:
-        raise mirror.DataCorruptError(f"{path} is empty; restore it from the mirror source")
+        raise mirror.DataCorruptError(f"{path} is empty; restore it from the mirror source "
+                                      "(re-copy it, or `ktlab data download --to DIR`)")
     header = lines[0].rstrip("\r").split("\t")
+    if header not in (["index", "sentence"], ["sentence", "label"]):
+        raise mirror.DataCorruptError(f"{path}:1: unknown header {header!r}; expected "
+                                      "'sentence<TAB>label' or 'index<TAB>sentence'")
+    labelled = header == ["sentence", "label"]
+    restore = "or restore the original file (`ktlab data verify` checks a mirror)"
     rows = {"idx": [], "sentence": [], "label": []}
     for number, line in enumerate(lines[1:], start=2):
         line = line.rstrip("\r")
@@ -36,15 +45,18 @@ def read_tsv(path: Path, split: str) -> datasets.Dataset:
             continue
         cols = line.split("\t")
         if len(cols) != 2:
-            raise mirror.DataCorruptError(f"{path}:{number}: expected 2 tab-separated columns, "
-                                          f"got {len(cols)}")
-        if header == ["index", "sentence"]:
-            idx, sentence, label = int(cols[0]), cols[1], -1
-        elif header == ["sentence", "label"]:
-            idx, sentence, label = len(rows["idx"]), cols[0], int(cols[1])
-        else:
-            raise mirror.DataCorruptError(f"{path}: unknown header {header!r}; expected "
-                                          "'sentence<TAB>label' or 'index<TAB>sentence'")
+            raise mirror.DataCorruptError(
+                f"{path}:{number}: expected 2 tab-separated columns like the header "
+                f"{'<TAB>'.join(header)!r}, got {len(cols)}; a stray tab in the sentence? "
+                f"replace it with a space, {restore}")
+        sentence, number_col = (cols[0], cols[1]) if labelled else (cols[1], cols[0])
+        try:
+            value = int(number_col)
+        except ValueError:
+            raise mirror.DataCorruptError(
+                f"{path}:{number}: {header[1] if labelled else header[0]} {number_col!r} is "
+                f"not an integer; fix that line, {restore}") from None
+        idx, label = (len(rows["idx"]), value) if labelled else (value, -1)
         rows["idx"].append(idx)
         rows["sentence"].append(sentence.strip())
         rows["label"].append(label)

@@ -24,28 +24,21 @@ where the last checkpoint left off and end with the results of an uninterrupted 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ktlab import config as kconfig
-from ktlab.experiments.common import caps_record
+from ktlab.experiments import common
+from ktlab.experiments.common import (  # noqa: F401  (shared stages, re-exported)
+    ConfigError, StageCallback, cache_key, caps_record, count_params, train_resumable)
 
 SCHEMA = "ktlab.sentiment/1"
 STUDENTS = ("bilstm", "cnn", "tiny")
-#: ``cb(stage, step)`` after every optimiser step / every cached batch (tests interrupt with it).
-StageCallback = Callable[[str, int], None]
-
-
-class ConfigError(ValueError):
-    """A bad experiment argument (student name, condition, ...); the message says the fix."""
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -155,29 +148,14 @@ def cap_sizes(sizes: ClassifySizes, max_examples: Optional[int] = None,
               max_steps: Optional[int] = None) -> ClassifySizes:
     """``sizes`` with every split and timing sample cut to ``max_examples`` sentences and every
     training run to ``max_steps`` optimiser steps (``--max-examples`` / ``--max-steps``)."""
-    from ktlab.experiments.common import capped
-    if max_examples is None and max_steps is None:
-        return sizes
-    return dataclasses.replace(
-        sizes, teacher_train=capped(sizes.teacher_train, max_examples),
-        student_train=capped(sizes.student_train, max_examples),
-        dev=capped(sizes.dev, max_examples),
-        speed_sentences=capped(sizes.speed_sentences, max_examples),
-        latency_sentences=capped(sizes.latency_sentences, max_examples),
-        teacher_max_steps=capped(sizes.teacher_max_steps, max_steps),
-        student_max_steps=capped(sizes.student_max_steps, max_steps))
+    return common.cap_fields(sizes, max_examples, max_steps,
+                             ("teacher_train", "student_train", "dev", "speed_sentences",
+                              "latency_sentences"), ("teacher_max_steps", "student_max_steps"))
 
 
 def parse_students(spec: str | Sequence[str]) -> list[str]:
     """``"bilstm,cnn"`` -> ``["bilstm", "cnn"]``, rejecting unknown names with the valid ones."""
-    names = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec)]
-    names = [n for n in names if n]
-    bad = [n for n in names if n not in STUDENTS]
-    if bad or not names:
-        raise ConfigError(f"unknown student(s) {', '.join(map(repr, bad)) or '(none given)'}; "
-                          f"--students takes a comma-separated list of {', '.join(STUDENTS)} "
-                          "(e.g. --students bilstm,cnn)")
-    return list(dict.fromkeys(names))
+    return common.parse_names(spec, STUDENTS, "student", "--students", "bilstm,cnn")
 
 
 def default_students(profile: Optional[str]) -> tuple[str, ...]:
@@ -202,13 +180,9 @@ def parse_conditions(spec: Optional[str], students: Sequence[str]
 def conditions_for(profile: str, students: Sequence[str],
                    override: Optional[dict[str, Sequence[str]]] = None) -> dict[str, tuple]:
     """The condition names each student runs under, checked against :data:`STUDENT_CONDITIONS`."""
-    table = {**STUDENT_CONDITIONS, **PROFILE_CONDITIONS.get(profile, {}), **(override or {})}
-    for student in students:
-        unknown = set(table[student]) - set(STUDENT_CONDITIONS[student])
-        if unknown:
-            raise ConfigError(f"unknown condition(s) {sorted(unknown)} for {student!r}; choose "
-                              f"from {STUDENT_CONDITIONS[student]}")
-    return {s: tuple(table[s]) for s in students}
+    table = common.condition_table(STUDENT_CONDITIONS, PROFILE_CONDITIONS.get(profile, {}),
+                                   override, students, STUDENT_CONDITIONS.__getitem__)
+    return {s: table[s] for s in students}
 
 
 # ----------------------------------------------------------------------------- 1. data
@@ -228,16 +202,21 @@ def load_data(sizes: ClassifySizes, seed: int, data_dir: Optional[Path] = None,
     dev = subset(datasets.Dataset.from_dict(task.dev), sizes.dev, seed, stratify_by="label")
     if len(dev) == 0:
         raise ConfigError(f"the dev set of {task.name!r} is empty: evaluation needs labelled "
-                          "dev sentences (pass --dev FILE with at least one row)")
+                          "dev sentences (pass --dev FILE with at least one row, or a task "
+                          "whose dev columns hold at least one sentence)")
     return {"task": task.name, "label_names": list(task.label_names), "train": train,
             "teacher_train": teacher, "dev": dev}
 
 
 def encode(tokenizer: Any, sentences: Sequence[str], labels: Optional[Sequence[int]],
-           max_length: int, teacher_logits: Optional[torch.Tensor] = None) -> list[dict]:
-    """Token ids (unpadded), the gold label (-100 when none) and the teacher's logits."""
+           max_length: int, teacher_logits: Optional[torch.Tensor] = None,
+           report: Any = None) -> list[dict]:
+    """Token ids (unpadded), the gold label (-100 when none) and the teacher's logits.
+
+    Sentences longer than ``max_length`` sub-tokens are cut (``[CLS] ... [SEP]`` kept) and
+    counted in ``report``, a :class:`ktlab.data.TruncationReport`, when one is given."""
     from ktlab.data.collate import encode_sentences
-    items = encode_sentences(tokenizer, sentences, max_length=max_length)
+    items = encode_sentences(tokenizer, sentences, max_length=max_length, report=report)
     for i, item in enumerate(items):
         item["labels"] = int(labels[i]) if labels is not None else -100
         if teacher_logits is not None:
@@ -271,6 +250,7 @@ def build_transfer_set(sentences: Sequence[str], per_sentence: int, seed: int,
 # ----------------------------------------------------------------------------- 2. teacher
 
 def teacher_pooling(teacher_name: str) -> str:
+    """``"mean"`` or ``"cls"``: how ``teacher_name`` pools a sentence (:data:`TEACHER_POOLING`)."""
     return TEACHER_POOLING.get(teacher_name, "cls")
 
 
@@ -311,9 +291,8 @@ def fine_tune_teacher(teacher: torch.nn.Module, items: list[dict], dev_items: li
     A finished run is read back from ``work_dir/model.pt`` instead of retraining."""
     if sizes.teacher_freeze_embeddings:
         teacher.get_input_embeddings().weight.requires_grad_(False)
-    steps = max(1, len(items) // sizes.batch_size) * sizes.teacher_epochs
-    if sizes.teacher_max_steps:
-        steps = min(steps, sizes.teacher_max_steps)
+    steps = common.planned_steps(len(items), sizes.batch_size, sizes.teacher_epochs,
+                                 sizes.teacher_max_steps)
     optimizer = optimizer_with_fast_head(teacher, sizes.teacher_lr, 0.01)
     return train_resumable(
         teacher, items, dev_items, work_dir, "teacher", callbacks, lr=sizes.teacher_lr,
@@ -321,55 +300,6 @@ def fine_tune_teacher(teacher: torch.nn.Module, items: list[dict], dev_items: li
         pad_id=pad_id, weight_decay=0.01, warmup_ratio=0.1, max_steps=sizes.teacher_max_steps,
         eval_every=max(1, -(-steps // max(1, sizes.teacher_evals))), progress=progress,
         save_every=sizes.save_every, optimizer=optimizer)
-
-
-# ----------------------------------------------------------------------------- training core
-
-def _accuracy_metric(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    return {"accuracy": float((logits.argmax(-1) == labels).float().mean())}
-
-
-def history_dict(history: Any) -> dict:
-    return {"step": history.step, "loss": [round(x, 5) for x in history.loss],
-            "eval_step": history.eval_step,
-            "eval_accuracy": [round(m["accuracy"], 5) for m in history.eval_metrics],
-            "best_step": history.best_step, "train_seconds": round(history.train_seconds, 2),
-            "examples_seen": history.examples_seen}
-
-
-def train_resumable(model: torch.nn.Module, items: list, dev_items: Optional[list],
-                    work_dir: Path, stage: str, callbacks: Iterable[StageCallback] = (), *,
-                    lr: float, epochs: int, batch_size: int, seed: int,
-                    loss_fn: Optional[Callable], pad_id: int, weight_decay: float,
-                    warmup_ratio: float, max_steps: Optional[int], save_every: int,
-                    eval_every: Optional[int] = None, progress: bool = False,
-                    optimizer: Any = None) -> dict:
-    """Train with ``ktlab.train.Trainer`` (length-bucketed batches), checkpointing every
-    ``save_every`` steps into ``work_dir``; a finished run is loaded from ``model.pt``.
-
-    Returns the history dict. The checkpoint is removed once ``model.pt`` is written."""
-    from ktlab.data.collate import PadCollator
-    from ktlab.train import TrainConfig, Trainer, atomic_save
-    final = work_dir / "model.pt"
-    if final.is_file():
-        blob = torch.load(final, map_location="cpu", weights_only=False)
-        model.load_state_dict(blob["state"])
-        return blob["history"]
-    cfg = TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay,
-                      warmup_ratio=warmup_ratio, seed=seed, max_steps=max_steps,
-                      eval_every=eval_every, progress=progress, eval_batch_size=64,
-                      output_dir=str(work_dir), save_every=save_every, length_bucketing=True)
-    hooks = [lambda trainer, step, cb=cb: cb(stage, step) for cb in callbacks]
-    trainer = Trainer(model, cfg, train_dataset=items, eval_dataset=dev_items,
-                      collate_fn=PadCollator(pad_id), loss_fn=loss_fn,
-                      metric_fn=_accuracy_metric, optimizer=optimizer, callbacks=hooks)
-    resume = "latest" if (work_dir / "checkpoint.pt").is_file() else None
-    history = history_dict(trainer.fit(resume_from=resume))
-    atomic_save({"state": trainer.accelerator.unwrap_model(trainer.model).state_dict(),
-                 "history": history}, final)
-    for name in ("checkpoint.pt", "best.pt"):
-        (work_dir / name).unlink(missing_ok=True)
-    return history
 
 
 # ----------------------------------------------------------------------------- 3. logits
@@ -383,32 +313,23 @@ def cache_logits(teacher: torch.nn.Module, items: list[dict], file: Path, pad_id
     the items' order. Every ``save_every`` batches the finished part is saved atomically, so an
     interrupted run continues from there."""
     from ktlab.data.collate import PadCollator
-    from ktlab.train import atomic_save, logits_of, model_inputs
-    if file.is_file():
-        return torch.load(file, map_location="cpu", weights_only=False)
-    partial = file.with_name(file.name + ".partial")
-    done: list[torch.Tensor] = []
-    if partial.is_file():
-        done = torch.load(partial, map_location="cpu", weights_only=False)["chunks"]
+    from ktlab.train import logits_of, model_inputs
     order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     collate = PadCollator(pad_id)
     teacher = teacher.to("cpu").eval()
-    with torch.no_grad():
-        for b in range(len(done), len(batches)):
-            batch = collate([{k: items[i][k] for k in ("input_ids", "token_type_ids")}
-                             for i in batches[b]])
-            done.append(logits_of(teacher(**model_inputs(teacher, batch))).float())
-            if (b + 1) % save_every == 0 and b + 1 < len(batches):
-                atomic_save({"chunks": done}, partial)
-            for cb in callbacks:
-                cb(stage, b + 1)
-    logits = torch.empty(len(items), done[0].shape[-1] if done else 0)
-    if done:
-        logits[torch.tensor(order)] = torch.cat(done)
-    atomic_save(logits, file)
-    partial.unlink(missing_ok=True)
-    return logits
+
+    def compute(rows: list[int]) -> torch.Tensor:
+        batch = collate([{k: items[i][k] for k in ("input_ids", "token_type_ids")} for i in rows])
+        return logits_of(teacher(**model_inputs(teacher, batch))).float()
+
+    def finish(done: list[torch.Tensor]) -> torch.Tensor:
+        logits = torch.empty(len(items), done[0].shape[-1] if done else 0)
+        if done:
+            logits[torch.tensor(order)] = torch.cat(done)
+        return logits
+
+    return common.cache_batches(file, batches, compute, finish, save_every, callbacks, stage)
 
 
 # ----------------------------------------------------------------------------- 4/5. students
@@ -513,6 +434,9 @@ def predict(model: torch.nn.Module, items: Sequence[dict], pad_id: int = 0,
     """Logits for ``items`` in their order (length-sorted batches, ``torch.inference_mode``)."""
     from ktlab.data.collate import PadCollator
     from ktlab.train import logits_of, model_inputs
+    if not items:
+        raise ConfigError("predict() got no items: nothing to predict on (an empty dev list?); "
+                          "pass at least one encoded sentence")
     collate = PadCollator(pad_id)
     model = model.to("cpu").eval()
     order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]))
@@ -550,36 +474,25 @@ def measure_speed(model: torch.nn.Module, items: Sequence[dict], pad_token_id: i
         return time_calls(lambda b: model(**b), batches, singles, len(strip))
 
 
-def count_params(model: torch.nn.Module) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return total, trainable
-
-
 def measure(name: str, student: str, condition: str, model: torch.nn.Module,
             dev_items: list, sizes: ClassifySizes, pad_id: int = 0) -> dict:
     """One result row: dev accuracy with its 95% interval, parameters and CPU speed."""
     from ktlab.metrics import accuracy_interval
+    if not dev_items:
+        raise ConfigError(f"measure({name!r}) got an empty dev list: accuracy needs at least "
+                          "one labelled dev sentence (check the dev file or the subset size)")
     logits = predict(model, dev_items, pad_id)
     preds = logits.argmax(-1).tolist()
     ci = accuracy_interval([p == it["labels"] for p, it in zip(preds, dev_items)])
-    total, trainable = count_params(model)
     speed = measure_speed(model, dev_items[: sizes.speed_sentences], pad_id, sizes.batch_size,
                           sizes.latency_sentences)
-    return {"name": name, "student": student, "condition": condition,
-            "dev_accuracy": round(ci["accuracy"], 5),
-            "dev_accuracy_ci95": [round(ci["low"], 5), round(ci["high"], 5)],
-            "params": total, "trainable_params": trainable,
-            **{k: round(v, 3) for k, v in speed.items()},
+    return {**common.model_record(name, student, condition, model, speed,
+                                  dev_accuracy=round(ci["accuracy"], 5),
+                                  dev_accuracy_ci95=[round(ci["low"], 5), round(ci["high"], 5)]),
             "dev_predictions": preds, "_logits": logits}
 
 
 # ----------------------------------------------------------------------------- run = stages
-
-def cache_key(**parts: Any) -> str:
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
 
 _cache_key = cache_key  # the NER pipeline's name for it
 
@@ -599,6 +512,8 @@ class Prepared:
     aug_info: dict
     work: Path
     timings: dict
+    #: split -> :class:`ktlab.data.TruncationReport` of the sentences cut to ``max_length``
+    truncation: dict = dataclasses.field(default_factory=dict)
 
 
 def prepare(cfg: Any, sizes: ClassifySizes, out: Path, task: Any = None,
@@ -606,6 +521,7 @@ def prepare(cfg: Any, sizes: ClassifySizes, out: Path, task: Any = None,
             callbacks: Iterable[StageCallback] = (), log: Callable[[str], None] = print
             ) -> Prepared:
     """Stages 1-4: data, teacher fine-tune, cached logits, transfer set."""
+    from ktlab.data.collate import TruncationReport
     from ktlab.models import load_tokenizer
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -615,11 +531,18 @@ def prepare(cfg: Any, sizes: ClassifySizes, out: Path, task: Any = None,
     train, dev = data["train"], data["dev"]
     augmented, aug_info = build_transfer_set(train["sentence"], sizes.augment_per_sentence,
                                              cfg.seed, data_dir=cfg.data_dir)
-    dev_items = encode(tokenizer, dev["sentence"], dev["label"], sizes.max_length)
+    truncation = {split: TruncationReport() for split in ("train", "augmented", "dev")}
+    dev_items = encode(tokenizer, dev["sentence"], dev["label"], sizes.max_length,
+                       report=truncation["dev"])
+    train_items = encode(tokenizer, train["sentence"], train["label"], sizes.max_length,
+                         report=truncation["train"])
+    aug_items = encode(tokenizer, augmented, None, sizes.max_length,
+                       report=truncation["augmented"])
     timings["data"] = time.perf_counter() - t0
     log(f"[classify] data {data['task']}: teacher {len(data['teacher_train'])}, students "
         f"{len(train)}, augmented {len(augmented)}, dev {len(dev)}, "
         f"{len(data['label_names'])} labels ({timings['data']:.0f} s)")
+    log(f"[classify] max_length {sizes.max_length}: {truncation_summary(truncation)}")
 
     key = cache_key(task=data["task"], labels=data["label_names"], teacher=cfg.teacher,
                     seed=cfg.seed, sizes=dataclasses.asdict(sizes), schema=SCHEMA,
@@ -636,8 +559,6 @@ def prepare(cfg: Any, sizes: ClassifySizes, out: Path, task: Any = None,
     timings["teacher_finetune"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    train_items = encode(tokenizer, train["sentence"], train["label"], sizes.max_length)
-    aug_items = encode(tokenizer, augmented, None, sizes.max_length)
     logits = cache_logits(teacher, train_items + aug_items, work / "logits.pt", pad_id,
                           save_every=sizes.save_every, callbacks=callbacks)
     for item, row in zip(train_items + aug_items, logits):
@@ -651,7 +572,15 @@ def prepare(cfg: Any, sizes: ClassifySizes, out: Path, task: Any = None,
         f"(95% CI {record['dev_accuracy_ci95']}); {record['throughput_sps']:.0f} sent/s; "
         f"logits cached in {timings['teacher_logits']:.0f} s")
     return Prepared(data, tokenizer, pad_id, teacher, record, train_items, aug_items,
-                    dev_items, aug_info, work, timings)
+                    dev_items, aug_info, work, timings, truncation)
+
+
+def truncation_summary(reports: dict) -> str:
+    """``"3 of 160 inputs truncated (1.9%): train 1, augmented 0, dev 2"``."""
+    from ktlab.data.collate import TruncationReport
+    total = TruncationReport(sum(r.total for r in reports.values()),
+                             sum(r.truncated for r in reports.values()))
+    return f"{total}: " + ", ".join(f"{k} {r.truncated}" for k, r in reports.items())
 
 
 def run_student(prep: Prepared, student: str, condition_name: str, sizes: ClassifySizes,
@@ -687,10 +616,12 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
     (student, condition), then the results folder. Returns the results dict.
 
     ``max_examples`` / ``max_steps`` cap the profile's sizes (smoke runs of a profile)."""
-    cfg = kconfig.load(profile, teacher=teacher, seed=seed, verbose=False)
-    sizes = cap_sizes(sizes or PROFILE_SIZES[cfg.profile], max_examples, max_steps)
+    from ktlab.models import resolve_teacher
+    cfg, sizes = common.resolve(profile, teacher, seed, PROFILE_SIZES, sizes, cap_sizes,
+                                max_examples, max_steps)
     names = parse_students(students or default_students(cfg.profile))
     table = conditions_for(cfg.profile, names, conditions)
+    resolve_teacher(cfg.teacher)  # a bad --teacher fails now, before minutes of data loading
     out = Path(out_dir)
     started, cpu_started = time.time(), time.process_time()
     log(f"[classify] {cfg.summary()} students={','.join(names)} out={out}")
@@ -725,23 +656,14 @@ def time_side_by_side(prep: Prepared, records: list, models: dict, sizes: Classi
     keeps the median of its rounds (and the first, training-time figure under ``speed_at_train``)."""
     everyone = {prep.teacher_record["name"]: (prep.teacher, prep.teacher_record)}
     everyone.update({r["name"]: (models[r["name"]], r) for r in records})
-    runs: dict[str, list[dict]] = {name: [] for name in everyone}
-    for _ in range(rounds):
-        for name, (model, _) in everyone.items():
-            runs[name].append(measure_speed(model, prep.dev_items[: sizes.speed_sentences],
-                                            prep.pad_id, sizes.batch_size,
-                                            sizes.latency_sentences))
-    for name, (_, rec) in everyone.items():
-        rec["speed_at_train"] = {k: rec[k] for k in ("throughput_sps", "latency_ms",
-                                                     "latency_p90_ms")}
-        for key in rec["speed_at_train"]:
-            rec[key] = round(float(np.median([r[key] for r in runs[name]])), 3)
+    common.retime_side_by_side(everyone, lambda model: measure_speed(
+        model, prep.dev_items[: sizes.speed_sentences], prep.pad_id, sizes.batch_size,
+        sizes.latency_sentences), rounds)
 
 
 def assemble_results(cfg: Any, sizes: ClassifySizes, names: Sequence[str], prep: Prepared,
                      records: list, started: float, cpu_started: float) -> dict:
     """The results dict (schema :data:`SCHEMA`) from the prepared stages and student rows."""
-    from ktlab.experiments.common import describe_machine
     teacher = {k: v for k, v in prep.teacher_record.items() if k != "_logits"}
     dev_logits = prep.teacher_record["_logits"]
     results = {
@@ -750,15 +672,16 @@ def assemble_results(cfg: Any, sizes: ClassifySizes, names: Sequence[str], prep:
         "teacher_pooling": teacher_pooling(cfg.teacher), "head_lr_scale": HEAD_LR_SCALE,
         "sizes": dataclasses.asdict(sizes), "students_requested": list(names),
         "conditions": {c.name: dataclasses.asdict(c) for c in CONDITIONS.values()},
-        "machine": describe_machine(), "torch_threads": torch.get_num_threads(),
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "wall_seconds": round(time.time() - started, 1),
-        "cpu_seconds": round(time.process_time() - cpu_started, 1),
-        "timings_seconds": {k: round(v, 1) for k, v in prep.timings.items()},
+        "machine": common.describe_machine(), "torch_threads": torch.get_num_threads(),
+        **common.run_clock(started, cpu_started, prep.timings),
         "data": {"teacher_train": len(prep.data["teacher_train"]),
                  "student_train": len(prep.train_items),
                  "transfer_augmented": len(prep.aug_items), "dev": len(prep.dev_items),
-                 "augment": prep.aug_info},
+                 "augment": prep.aug_info,
+                 # sentences cut to sizes.max_length sub-tokens ([CLS] ... [SEP] kept)
+                 "truncated": sum(r.truncated for r in prep.truncation.values()),
+                 "encoded": sum(r.total for r in prep.truncation.values()),
+                 "truncated_per_split": {k: r.truncated for k, r in prep.truncation.items()}},
         "cache_key": prep.work.name, "teacher": teacher, "students": records,
         "dev": {"idx": [int(i) for i in prep.data["dev"]["idx"]],
                 "labels": [int(it["labels"]) for it in prep.dev_items],
@@ -829,7 +752,6 @@ def markdown_table(results: dict) -> str:
 
 def write_results(results: dict, out: Path, plots: bool = True) -> None:
     """``results.json`` (atomic), ``table.md`` and the plots, via :mod:`.common`."""
-    from ktlab.experiments import common
     from ktlab.experiments.classify_plots import plot_teacher_curve, plot_tradeoff
     common.write_results(results, out, markdown_table(results),
                          {"tradeoff": plot_tradeoff, "teacher_curve": plot_teacher_curve}, plots)
@@ -837,5 +759,4 @@ def write_results(results: dict, out: Path, plots: bool = True) -> None:
 
 def load_results(path: str | Path) -> dict:
     """Read a ``results.json`` (a file or the folder holding it) and check its schema."""
-    from ktlab.experiments import common
     return common.load_results(path, SCHEMA, "sentiment")

@@ -29,16 +29,10 @@ def plot_tradeoff(results: dict) -> Any:
 
 def plot_teacher_curve(results: dict) -> Any:
     """The teacher's fine-tuning: training loss per step and dev accuracy at each evaluation."""
-    import matplotlib.pyplot as plt
-    h = results["teacher"]["history"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(h["step"], h["loss"], color="tab:blue", alpha=0.7, label="train loss")
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("cross-entropy loss")
-    ax2 = ax.twinx()
-    ax2.plot(h["eval_step"], [100 * a for a in h["eval_accuracy"]], "o-", color="tab:red",
-             label="dev accuracy")
-    ax2.set_ylabel("dev accuracy (%)")
+    from ktlab.experiments.common import teacher_curve_axes
+    fig, ax, _ = teacher_curve_axes(results, [100 * a for a in
+                                              results["teacher"]["history"]["eval_accuracy"]],
+                                    "dev accuracy", "dev accuracy (%)")
     ax.set_title(f"Teacher fine-tuning ({results['teacher_name']}, {results['profile']})")
     fig.legend(loc="center right", fontsize=8)
     return fig

@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from ktlab import config as kconfig
-from ktlab.experiments.common import caps_record, capped, describe_machine
+from ktlab.experiments import common
+from ktlab.experiments.common import caps_record, describe_machine
 
 #: ``/2``: per-task deltas carry the t interval over seeds and a verdict; the equal-updates
 #: control. :func:`load_results` reads ``/1`` files too (the summary is recomputed from the runs).
@@ -105,19 +106,15 @@ def cap_sizes(sizes: MultitaskSizes, max_examples: Optional[int] = None,
     model keeps its budget of ``steps_per_task x n_tasks`` (all its single-task baselines
     together), the comparison the experiment is about. For smoke runs of a profile on a small
     machine (``ktlab run multitask --profile full --max-examples 24 --max-steps 2``)."""
-    for name, value in (("max_examples", max_examples), ("max_steps", max_steps)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{name} must be >= 1, got {value}")
-    n = max_examples
-    return dataclasses.replace(sizes, sst2_train=capped(sizes.sst2_train, n),
-                               conll_train=capped(sizes.conll_train, n),
-                               eval_per_task=capped(sizes.eval_per_task, n),
-                               steps_per_task=capped(sizes.steps_per_task, max_steps))
+    common.check_caps(max_examples, max_steps, ConfigError)
+    return common.cap_fields(sizes, max_examples, max_steps,
+                             ("sst2_train", "conll_train", "eval_per_task"), ("steps_per_task",))
 
 
 # ----------------------------------------------------------------------------- data
 
 def task_specs() -> list:
+    """One :class:`ktlab.transfer.multitask.TaskSpec` per task of :data:`TASKS`."""
     from ktlab.data import CHUNK_LABELS, NER_LABELS, POS_LABELS
     from ktlab.transfer.multitask import TaskSpec
     return [TaskSpec("sst2", "sequence", 2), TaskSpec("ner", "token", len(NER_LABELS)),
@@ -159,6 +156,7 @@ def load_task_data(tokenizer: Any, sizes: MultitaskSizes, seed: int,
 
 def make_loader(items: list, batch_size: int, shuffle: bool, seed: int = 0,
                 pad_token_id: int = 0) -> torch.utils.data.DataLoader:
+    """A seeded loader that pads ids and any cached ``teacher_logits``."""
     from ktlab.data import PadCollator
     from ktlab.transfer.distill import PadTeacherCollator
 
@@ -239,29 +237,8 @@ def kd_multitask_loss(alpha: float, temperature: float):
 
 # ----------------------------------------------------------------------------- the pipeline
 
-def run(profile: Optional[str] = None, teacher: Optional[str] = None,
-        tasks: Sequence[str] = TASKS, samplers: Sequence[str] = SAMPLERS,
-        out_dir: Optional[str | Path] = None, seeds: Optional[Sequence[int]] = None,
-        sizes: Optional[MultitaskSizes] = None, distill: bool = True,
-        progress: bool = False, max_examples: Optional[int] = None,
-        max_steps: Optional[int] = None, equal_updates: Optional[bool] = None) -> dict:
-    """Run the whole experiment and return the results dict (also written to ``out_dir``).
-
-    ``sizes`` overrides the profile's :class:`MultitaskSizes`; ``max_examples`` and ``max_steps``
-    cap them (:func:`cap_sizes`; ``results["capped"]`` records the caps). ``equal_updates``
-    (``--equal-updates``) overrides ``sizes.single_task_equal_updates``: also train the
-    equal-updates control."""
-    from ktlab.models import load_teacher, load_tokenizer
-    from ktlab.transfer.multitask import (MultiTaskModel, TaskSampler, evaluate_tasks,
-                                          task_probabilities, train_multitask)
-    from ktlab.transfer.distill import cache_teacher_logits
-    from ktlab.transfer.freeze import freeze_embeddings
-    from ktlab.data import PadCollator
-
-    cfg = kconfig.load(profile, teacher=teacher, verbose=False)
-    sizes = cap_sizes(sizes or PROFILE_SIZES[cfg.profile], max_examples, max_steps)
-    if equal_updates is not None:
-        sizes = dataclasses.replace(sizes, single_task_equal_updates=bool(equal_updates))
+def check_choices(tasks: Sequence[str], samplers: Sequence[str]) -> list[str]:
+    """``tasks`` as a list; tasks and samplers checked against :data:`TASKS` / :data:`SAMPLERS`."""
     tasks = list(tasks)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
@@ -269,79 +246,165 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
     bad = [s for s in samplers if s not in SAMPLERS]
     if bad or not samplers:
         raise ConfigError(f"unknown samplers {bad}; choose from {','.join(SAMPLERS)}")
-    seeds = tuple(seeds) if seeds is not None else sizes.seeds
-    specs = [s for s in task_specs() if s.name in tasks]
-    tokenizer = load_tokenizer(cfg.teacher)
-    source = load_teacher(cfg.teacher, task="base")   # loaded once, copied for every model
-    pad = tokenizer.pad_token_id
-    metrics = {t: task_metric(t) for t in tasks}
-    total_steps = sizes.steps_per_task * len(tasks)
-    started = time.perf_counter()
-    runs: list[dict] = []
+    return tasks
 
-    def train_and_score(name: str, seed: int, data: dict, run_specs: list, sampler: TaskSampler,
-                        steps: int, loss_fn=None, train_items_key: str = "train") -> nn.Module:
-        kconfig.seed_everything(seed)   # the heads' initial weights
-        model = MultiTaskModel(build_encoder(source, sizes.encoder_layers), run_specs).to(cfg.device)
-        if sizes.freeze_embeddings:
-            freeze_embeddings(model.encoder)
-        loaders = {s.name: make_loader(data[s.name][train_items_key], sizes.batch_size, True,
-                                       seed, pad) for s in run_specs}
-        t0 = time.perf_counter()
-        history = train_multitask(model, loaders, sampler, steps, lr=sizes.lr, loss_fn=loss_fn,
-                                  progress=progress)
-        seconds = time.perf_counter() - t0
-        evals = {s.name: make_loader(data[s.name]["eval"], 64, False, pad_token_id=pad)
-                 for s in run_specs}
-        scores = evaluate_tasks(model, evals, {s.name: metrics[s.name] for s in run_specs})
-        draws = {s.name: history["task"].count(s.name) for s in run_specs}
-        for task, result in scores.items():
-            runs.append({"model": name, "seed": seed, "task": task, "score": result["score"],
+
+@dataclasses.dataclass
+class Context:
+    """What every model of a run shares, and the scores they leave behind (``runs``)."""
+
+    cfg: Any
+    sizes: MultitaskSizes
+    tokenizer: Any
+    source: nn.Module     #: the teacher's encoder, loaded once and copied for every model
+    metrics: dict         #: ``{task: metric(logits, labels)}``
+    progress: bool = False
+    runs: list = dataclasses.field(default_factory=list)   #: one row per (model, seed, task)
+
+    @property
+    def pad(self) -> int:
+        """The tokenizer's padding id."""
+        return self.tokenizer.pad_token_id
+
+
+def prepare(cfg: Any, sizes: MultitaskSizes, tasks: Sequence[str],
+            progress: bool = False) -> Context:
+    """The tokenizer, the source encoder and each task's metric."""
+    from ktlab.models import load_teacher, load_tokenizer
+    return Context(cfg, sizes, load_tokenizer(cfg.teacher), load_teacher(cfg.teacher, task="base"),
+                   {t: task_metric(t) for t in tasks}, progress)
+
+
+def train_and_score(ctx: Context, name: str, seed: int, data: dict, specs: list, sampler: Any,
+                    steps: int, loss_fn: Any = None, items_key: str = "train") -> nn.Module:
+    """Train one model on ``specs`` for ``steps`` steps; its per-task scores go to ``ctx.runs``."""
+    from ktlab.transfer.freeze import freeze_embeddings
+    from ktlab.transfer.multitask import MultiTaskModel, evaluate_tasks, train_multitask
+    sizes = ctx.sizes
+    kconfig.seed_everything(seed)   # the heads' initial weights
+    encoder = build_encoder(ctx.source, sizes.encoder_layers)
+    model = MultiTaskModel(encoder, specs).to(ctx.cfg.device)
+    if sizes.freeze_embeddings:
+        freeze_embeddings(model.encoder)
+    loaders = {s.name: make_loader(data[s.name][items_key], sizes.batch_size, True, seed, ctx.pad)
+               for s in specs}
+    t0 = time.perf_counter()
+    history = train_multitask(model, loaders, sampler, steps, lr=sizes.lr, loss_fn=loss_fn,
+                              progress=ctx.progress)
+    seconds = time.perf_counter() - t0
+    evals = {s.name: make_loader(data[s.name]["eval"], 64, False, pad_token_id=ctx.pad)
+             for s in specs}
+    scores = evaluate_tasks(model, evals, {s.name: ctx.metrics[s.name] for s in specs})
+    draws = {s.name: history["task"].count(s.name) for s in specs}
+    for task, result in scores.items():
+        ctx.runs.append({"model": name, "seed": seed, "task": task, "score": result["score"],
                          "steps": draws[task], "train_seconds": seconds})
-        if progress:
-            print(f"{name} seed={seed}: " + ", ".join(f"{t}={r['score']:.1f}"
-                                                      for t, r in scores.items()))
-        return model
+    if ctx.progress:
+        print(f"{name} seed={seed}: " + ", ".join(f"{t}={r['score']:.1f}"
+                                                  for t, r in scores.items()))
+    return model
 
-    for seed in seeds:
-        kconfig.seed_everything(seed)
-        data = load_task_data(tokenizer, sizes, seed, tasks)
-        train_sizes = {t: len(data[t]["train"]) for t in tasks}
-        singles = {}
-        for spec in specs:   # 1. single-task baselines
-            singles[spec.name] = train_and_score(
-                BASELINE, seed, data, [spec], TaskSampler({spec.name: 1}, "uniform", seed=seed),
-                sizes.steps_per_task)
-        if sizes.single_task_equal_updates:   # 1b. as many encoder updates as multi-task
-            for spec in specs:
-                train_and_score(EQUAL_UPDATES, seed, data, [spec],
-                                TaskSampler({spec.name: 1}, "uniform", seed=seed), total_steps)
-        for strategy in samplers:   # 2. multi-task, one model per sampler
-            train_and_score(f"multi-task ({strategy})", seed, data, specs,
-                            TaskSampler(train_sizes, strategy, sizes.temperature, seed),
-                            total_steps)
-        if distill:   # 4. MT-DNN-KD: single-task teachers -> one multi-task student
-            for spec in specs:
-                data[spec.name]["kd"] = cache_teacher_logits(
-                    TaskView(singles[spec.name], spec.name).eval(), data[spec.name]["train"],
-                    PadCollator(pad))
-            train_and_score("multi-task KD (temperature)", seed, data, specs,
-                            TaskSampler(train_sizes, "temperature", sizes.temperature, seed),
-                            total_steps, kd_multitask_loss(sizes.kd_alpha, sizes.kd_temperature),
-                            train_items_key="kd")
-        del singles
 
+def train_single_task(ctx: Context, seed: int, data: dict, specs: list) -> dict[str, nn.Module]:
+    """1. One baseline per task (``steps_per_task`` steps), 1b. the equal-updates control."""
+    from ktlab.transfer.multitask import TaskSampler
+    singles = {spec.name: train_and_score(ctx, BASELINE, seed, data, [spec],
+                                          TaskSampler({spec.name: 1}, "uniform", seed=seed),
+                                          ctx.sizes.steps_per_task) for spec in specs}
+    if ctx.sizes.single_task_equal_updates:   # as many encoder updates as multi-task
+        for spec in specs:
+            train_and_score(ctx, EQUAL_UPDATES, seed, data, [spec],
+                            TaskSampler({spec.name: 1}, "uniform", seed=seed),
+                            ctx.sizes.steps_per_task * len(specs))
+    return singles
+
+
+def train_multi_task(ctx: Context, seed: int, data: dict, specs: list,
+                     samplers: Sequence[str], train_sizes: dict) -> None:
+    """2. One shared-encoder model per sampler, ``steps_per_task x n_tasks`` steps each."""
+    from ktlab.transfer.multitask import TaskSampler
+    for strategy in samplers:
+        train_and_score(ctx, f"multi-task ({strategy})", seed, data, specs,
+                        TaskSampler(train_sizes, strategy, ctx.sizes.temperature, seed),
+                        ctx.sizes.steps_per_task * len(specs))
+
+
+def distill_multi_task(ctx: Context, seed: int, data: dict, specs: list, singles: dict,
+                       train_sizes: dict) -> None:
+    """4. MT-DNN-KD: the single-task models' logits cached once, then one multi-task student."""
+    from ktlab.data import PadCollator
+    from ktlab.transfer.distill import cache_teacher_logits
+    from ktlab.transfer.multitask import TaskSampler
+    for spec in specs:
+        data[spec.name]["kd"] = cache_teacher_logits(
+            TaskView(singles[spec.name], spec.name).eval(), data[spec.name]["train"],
+            PadCollator(ctx.pad))
+    sizes = ctx.sizes
+    train_and_score(ctx, "multi-task KD (temperature)", seed, data, specs,
+                    TaskSampler(train_sizes, "temperature", sizes.temperature, seed),
+                    sizes.steps_per_task * len(specs),
+                    kd_multitask_loss(sizes.kd_alpha, sizes.kd_temperature), items_key="kd")
+
+
+def run_seed(ctx: Context, seed: int, tasks: Sequence[str], samplers: Sequence[str],
+             distill: bool = True) -> dict[str, int]:
+    """Every model of one seed (steps 1, 2 and 4); returns the training-set size per task."""
+    specs = [s for s in task_specs() if s.name in tasks]
+    kconfig.seed_everything(seed)
+    data = load_task_data(ctx.tokenizer, ctx.sizes, seed, tasks)
+    train_sizes = {t: len(data[t]["train"]) for t in tasks}
+    singles = train_single_task(ctx, seed, data, specs)
+    train_multi_task(ctx, seed, data, specs, samplers, train_sizes)
+    if distill:
+        distill_multi_task(ctx, seed, data, specs, singles, train_sizes)
+    return train_sizes
+
+
+def assemble_results(ctx: Context, tasks: Sequence[str], samplers: Sequence[str],
+                     seeds: Sequence[int], train_sizes: dict, started: float,
+                     capped: Optional[dict]) -> dict:
+    """The results dict (schema :data:`SCHEMA`) with its summary (step 3)."""
+    from ktlab.transfer.multitask import task_probabilities
+    sizes = ctx.sizes
     results = {
-        "schema": SCHEMA, "profile": cfg.profile, "teacher": cfg.teacher,
-        "sizes": dataclasses.asdict(sizes), "capped": caps_record(max_examples, max_steps),
-        "tasks": tasks, "samplers": list(samplers),
+        "schema": SCHEMA, "profile": ctx.cfg.profile, "teacher": ctx.cfg.teacher,
+        "sizes": dataclasses.asdict(sizes), "capped": capped,
+        "tasks": list(tasks), "samplers": list(samplers),
         "seeds": list(seeds), "train_sizes": train_sizes,
         "sampling_probabilities": {s: task_probabilities(train_sizes, s, sizes.temperature)
                                    for s in samplers},
-        "machine": describe_machine(), "runs": runs,
+        "machine": describe_machine(), "runs": ctx.runs,
         "seconds": time.perf_counter() - started,
     }
     results["summary"] = summarise(results)
+    return results
+
+
+def run(profile: Optional[str] = None, teacher: Optional[str] = None,
+        tasks: Sequence[str] = TASKS, samplers: Sequence[str] = SAMPLERS,
+        out_dir: Optional[str | Path] = None, seeds: Optional[Sequence[int]] = None,
+        sizes: Optional[MultitaskSizes] = None, distill: bool = True,
+        progress: bool = False, max_examples: Optional[int] = None,
+        max_steps: Optional[int] = None, equal_updates: Optional[bool] = None) -> dict:
+    """Run the whole experiment and return the results dict (also written to ``out_dir``):
+    :func:`prepare`, :func:`run_seed` per seed, :func:`assemble_results`, :func:`write_results`.
+
+    ``sizes`` overrides the profile's :class:`MultitaskSizes`; ``max_examples`` and ``max_steps``
+    cap them (:func:`cap_sizes`; ``results["capped"]`` records the caps). ``equal_updates``
+    (``--equal-updates``) overrides ``sizes.single_task_equal_updates``: also train the
+    equal-updates control."""
+    cfg, sizes = common.resolve(profile, teacher, None, PROFILE_SIZES, sizes, cap_sizes,
+                                max_examples, max_steps)
+    if equal_updates is not None:
+        sizes = dataclasses.replace(sizes, single_task_equal_updates=bool(equal_updates))
+    tasks = check_choices(tasks, samplers)
+    seeds = tuple(seeds) if seeds is not None else sizes.seeds
+    ctx = prepare(cfg, sizes, tasks, progress)
+    started = time.perf_counter()
+    for seed in seeds:
+        train_sizes = run_seed(ctx, seed, tasks, samplers, distill)
+    results = assemble_results(ctx, tasks, samplers, seeds, train_sizes, started,
+                               caps_record(max_examples, max_steps))
     if out_dir is not None:
         write_results(results, Path(out_dir))
     return results
@@ -473,6 +536,7 @@ def markdown_table(results: dict) -> str:
 
 
 def write_results(results: dict, out: Path, plots: bool = True) -> None:
+    """``results.json``, ``table.md`` and ``deltas.png`` into ``out``."""
     from ktlab.experiments import common
     common.write_results(results, out, markdown_table(results), {"deltas": plot_deltas}, plots)
 

@@ -44,8 +44,11 @@ import torch.nn.functional as F
 
 from ktlab import config as kconfig
 from ktlab.data.conll import ENTITY_TYPES, NER_LABELS
-from ktlab.experiments.common import caps_record, capped, describe_machine
-from ktlab.experiments.sentiment import ConfigError, _cache_key, count_params
+from ktlab.experiments import common
+from ktlab.experiments.common import (  # noqa: F401  (shared stages, re-exported)
+    ConfigError, caps_record, count_params, describe_machine)
+
+_cache_key = common.cache_key
 
 #: ``/2`` adds bootstrap intervals of the test F1 and paired comparisons (:func:`add_intervals`);
 #: :func:`load_results` upgrades a ``/1`` file in memory from its stored test predictions
@@ -155,29 +158,15 @@ def cap_sizes(sizes: NerSizes, max_examples: Optional[int] = None,
 
     For smoke runs of a profile on a small machine (``ktlab run ner --profile full
     --max-examples 24 --max-steps 2``): the profile's recipe, teacher and model sizes stay."""
-    for name, value in (("max_examples", max_examples), ("max_steps", max_steps)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{name} must be >= 1, got {value}")
-    n, steps = max_examples, max_steps
-    return dataclasses.replace(
-        sizes, teacher_train=capped(sizes.teacher_train, n),
-        student_train=capped(sizes.student_train, n), dev=capped(sizes.dev, n),
-        test=capped(sizes.test, n), speed_sentences=capped(sizes.speed_sentences, n),
-        latency_sentences=capped(sizes.latency_sentences, n),
-        teacher_max_steps=capped(sizes.teacher_max_steps, steps),
-        student_max_steps=capped(sizes.student_max_steps, steps))
+    common.check_caps(max_examples, max_steps)
+    return common.cap_fields(sizes, max_examples, max_steps,
+                             ("teacher_train", "student_train", "dev", "test", "speed_sentences",
+                              "latency_sentences"), ("teacher_max_steps", "student_max_steps"))
 
 
 def parse_students(spec: str | Sequence[str]) -> list[str]:
     """``"bilstm,tiny"`` -> ``["bilstm", "tiny"]``, rejecting unknown names with the valid ones."""
-    names = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec)]
-    names = [n for n in names if n]
-    bad = [n for n in names if n not in STUDENTS]
-    if bad or not names:
-        raise ConfigError(f"unknown student(s) {', '.join(map(repr, bad)) or '(none given)'}; "
-                          f"--students takes a comma-separated list of {', '.join(STUDENTS)} "
-                          "(e.g. --students bilstm)")
-    return list(dict.fromkeys(names))
+    return common.parse_names(spec, STUDENTS, "student", "--students", "bilstm")
 
 
 def parse_conditions(spec: str | Sequence[str] | None) -> Optional[tuple[str, ...]]:
@@ -347,15 +336,23 @@ def teacher_word_logits(model: torch.nn.Module, items: Sequence[dict], pad_token
     """The teacher's logits at each item's first sub-tokens: one ``[W_i, C]`` tensor per item.
 
     This is the whole cache the students need (a few MB for all of CoNLL), computed once."""
+    compute, chunks = _word_logit_batches(model, items, pad_token_id, batch_size)
+    return [row for chunk in chunks for row in compute(chunk)]
+
+
+def _word_logit_batches(model: torch.nn.Module, items: Sequence[dict], pad_token_id: int,
+                        batch_size: int = 64) -> tuple[Callable, list]:
+    """``(compute, chunks)``: item chunks in order and ``compute(chunk)``, their per-word logits."""
     model = model.to("cpu").eval()
     collate = NerCollator(pad_token_id)
-    out: list[torch.Tensor] = []
-    for start in range(0, len(items), batch_size):
-        batch = collate(list(items[start:start + batch_size]))
+
+    def compute(chunk: Sequence[dict]) -> list[torch.Tensor]:
+        batch = collate(list(chunk))
         emissions = _emissions(model, batch).float()
         keep = batch["labels"] != -100
-        out.extend(emissions[b][keep[b]].clone() for b in range(len(emissions)))
-    return out
+        return [emissions[b][keep[b]].clone() for b in range(len(emissions))]
+
+    return compute, [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
 
 
 @torch.no_grad()
@@ -374,24 +371,15 @@ def measure_speed(model: torch.nn.Module, items: Sequence[dict], pad_token_id: i
 
 # ----------------------------------------------------------------------------- training
 
-def _train(model: torch.nn.Module, train_items: list, dev_items: list, *, lr: float, epochs: int,
-           batch_size: int, seed: int, loss_fn: Optional[Callable], pad_token_id: int,
-           weight_decay: float, warmup_ratio: float, max_steps: Optional[int],
-           eval_every: Optional[int] = None, progress: bool = False) -> tuple[Any, Any]:
-    from ktlab.train import TrainConfig, Trainer
-    cfg = TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay,
-                      warmup_ratio=warmup_ratio, seed=seed, max_steps=max_steps,
-                      eval_every=eval_every, progress=progress, eval_batch_size=64,
-                      metric_name="f1")
-    trainer = Trainer(model, cfg, train_dataset=train_items, eval_dataset=dev_items,
-                      collate_fn=NerCollator(pad_token_id), loss_fn=loss_fn,
-                      metric_fn=_word_f1_metric)
-    return trainer, trainer.fit()
-
-
-def _history_dict(history: Any) -> dict:
-    from ktlab.experiments.common import history_dict
-    return history_dict(history, "f1", scale=100)
+def _train(model: torch.nn.Module, train_items: list, dev_items: list, stage: str,
+           final: Optional[Path] = None, **kwargs: Any) -> dict:
+    """:func:`ktlab.experiments.common.train_resumable` with NER's collator and word-level F1
+    (dev F1 in points in the history), in item order and without checkpoints; ``final``, when
+    given, caches the finished run. Returns the history dict."""
+    return common.train_resumable(model, train_items, dev_items, None, stage, final=final,
+                                  collate_fn=NerCollator(kwargs["pad_id"]),
+                                  metric_fn=_word_f1_metric, metric_name="f1",
+                                  history_scale=100, length_bucketing=False, **kwargs)
 
 
 def _scores(gold: list, pred: list) -> dict:
@@ -410,13 +398,10 @@ def evaluate_model(model: torch.nn.Module, name: str, student: str, condition: s
     dev_pred = predict_tags(model, data["dev_items"], pad_token_id)
     test_pred = predict_tags(model, data["test_items"], pad_token_id)
     dev, test = _scores(data["dev_gold"], dev_pred), _scores(data["test_gold"], test_pred)
-    total, trainable = count_params(model)
     speed = measure_speed(model, data["test_items"][: sizes.speed_sentences], pad_token_id,
                           sizes.batch_size, sizes.latency_sentences)
-    return {"name": name, "student": student, "condition": condition,
-            "dev_f1": dev["f1"], "test_f1": test["f1"], "dev": dev, "test": test,
-            "params": total, "trainable_params": trainable,
-            **{k: round(v, 3) for k, v in speed.items()},
+    return {**common.model_record(name, student, condition, model, speed, dev_f1=dev["f1"],
+                                  test_f1=test["f1"], dev=dev, test=test),
             "test_predictions": [[NER_LABELS.index(t) for t in s] for s in test_pred]}
 
 
@@ -442,54 +427,54 @@ def _check_pca_width(teacher: str, conditions: dict[str, Sequence[str]],
                               f"embeddings have at least {dim} dimensions")
 
 
-def run(profile: Optional[str] = None, teacher: Optional[str] = None,
-        students: str | Sequence[str] = STUDENTS, out_dir: str | Path = "runs/ner",
-        seed: Optional[int] = None, sizes: Optional[NerSizes] = None,
-        conditions: Optional[dict[str, Sequence[str]]] = None, use_cache: bool = True,
-        plots: bool = True, progress: bool = False,
-        log: Callable[[str], None] = print, max_examples: Optional[int] = None,
-        max_steps: Optional[int] = None) -> dict:
-    """Run the whole experiment; returns the results dict (also written to ``out_dir``).
-
-    ``sizes`` overrides the profile's :class:`NerSizes` (``PROFILE_SIZES["tiny"]`` in tests,
-    ``["notebook"]`` in notebook 05); ``conditions`` maps a student to the conditions it trains
-    under (default :data:`CONDITIONS`; any of :data:`ALL_CONDITIONS`). ``max_examples`` and
-    ``max_steps`` cap those sizes (:func:`cap_sizes`; ``results["capped"]`` records them)."""
-    from ktlab.models import load_teacher, load_tokenizer
-    from ktlab.nn.students import build_tagger
-
-    names = parse_students(students)
-    profile = profile or os.environ.get("KTLAB_PROFILE", "quick")
-    if profile not in kconfig.PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}; choose one of {kconfig.PROFILES}")
-    teacher = teacher or os.environ.get("KTLAB_TEACHER") or DEFAULT_TEACHER[profile]
-    cfg = kconfig.load(profile, teacher=teacher, seed=seed, verbose=False)
-    sizes = cap_sizes(sizes or PROFILE_SIZES[cfg.profile], max_examples, max_steps)
-    conditions = {**CONDITIONS, **PROFILE_CONDITIONS.get(cfg.profile, {}),
-                  **{k: tuple(v) for k, v in (conditions or {}).items()}}
-    for student, conds in conditions.items():
-        unknown = sorted(set(conds) - set(ALL_CONDITIONS))
-        if unknown:
-            raise ConfigError(f"unknown condition(s) {unknown} for {student!r}; choose from "
-                              f"{ALL_CONDITIONS}")
+def condition_table(profile: str, override: Optional[dict[str, Sequence[str]]] = None
+                    ) -> dict[str, tuple]:
+    """Conditions per student (:data:`CONDITIONS`, the profile's, ``override``), checked."""
+    table = common.condition_table(CONDITIONS, PROFILE_CONDITIONS.get(profile, {}), override,
+                                   None, lambda student: ALL_CONDITIONS)
+    for student, conds in table.items():
         if student not in PCA_STUDENTS and any(c.endswith("+pca") for c in conds):
             raise ConfigError(f"{student!r} has no nn.Embedding to initialise with PCA; "
                               f"+pca conditions work for {', '.join(PCA_STUDENTS)} only (e.g. "
                               "--students bilstm --conditions kd+crf+pca)")
-    _check_pca_width(cfg.teacher, {s: conditions[s] for s in names}, sizes)
-    out = Path(out_dir)
-    (out / "cache").mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
-    started, cpu_started = time.time(), time.process_time()
-    timings: dict[str, float] = {}
-    log(f"[ner] {cfg.summary()} students={','.join(names)} out={out}")
+    return table
 
-    # --- data --------------------------------------------------------------------------------
+
+def resolve_config(profile: Optional[str], teacher: Optional[str], seed: Optional[int],
+                   sizes: Optional[NerSizes], max_examples: Optional[int],
+                   max_steps: Optional[int]) -> tuple[Any, NerSizes]:
+    """The run's config (NER's default teacher per profile: :data:`DEFAULT_TEACHER`) and sizes."""
+    profile = profile or os.environ.get("KTLAB_PROFILE", "quick")
+    if profile not in kconfig.PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {kconfig.PROFILES}")
+    teacher = teacher or os.environ.get("KTLAB_TEACHER") or DEFAULT_TEACHER[profile]
+    return common.resolve(profile, teacher, seed, PROFILE_SIZES, sizes, cap_sizes,
+                          max_examples, max_steps)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What the data, teacher and logit-cache stages produce and every student run reads."""
+
+    data: dict
+    tokenizer: Any
+    pad_id: int
+    train_items: list     #: the students' sentences (with cached per-word ``teacher_logits``)
+    teacher_items: list
+    ev: dict              #: ``dev_items``, ``test_items``, ``dev_gold``, ``test_gold``
+    truncation: Any       #: :class:`ktlab.data.collate.TruncationReport`
+    timings: dict
+    teacher: Optional[torch.nn.Module] = None
+    teacher_record: Optional[dict] = None
+
+
+def prepare_data(cfg: Any, sizes: NerSizes, log: Callable[[str], None] = print) -> Prepared:
+    """CoNLL-2003 subsets encoded for the teacher's tokenizer (truncation counted)."""
     from ktlab.data.collate import TruncationReport
+    from ktlab.models import load_tokenizer
     t0 = time.perf_counter()
     data = load_data(sizes, cfg.seed, cfg.data_dir)
     tokenizer = load_tokenizer(cfg.teacher)
-    pad_id = tokenizer.pad_token_id or 0
     trunc = TruncationReport()
 
     def items_of(ds: Any) -> list[dict]:
@@ -499,115 +484,175 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
     ev = {"dev_items": items_of(data["dev"]), "test_items": items_of(data["test"]),
           "dev_gold": [list(t) for t in data["dev"]["ner_tags"]],
           "test_gold": [list(t) for t in data["test"]["ner_tags"]]}
-    timings["data"] = time.perf_counter() - t0
+    prep = Prepared(data, tokenizer, tokenizer.pad_token_id or 0, train_items, teacher_items,
+                    ev, trunc, {"data": time.perf_counter() - t0})
     log(f"[ner] data: teacher {len(teacher_items)}, students {len(train_items)}, dev "
         f"{len(ev['dev_items'])}, test {len(ev['test_items'])} sentences; {trunc}")
+    return prep
 
-    # --- teacher: fine-tune (or load from cache) ---------------------------------------------
-    # only what shapes the teacher and its cached logits: changing a student setting reuses it
+
+def teacher_key(cfg: Any, sizes: NerSizes) -> str:
+    """The teacher's cache key: only what shapes the teacher and its cached logits (changing a
+    student setting reuses them)."""
     teacher_sizes = {k: v for k, v in dataclasses.asdict(sizes).items()
                      if k.startswith("teacher") or k in ("student_train", "dev", "max_length",
                                                          "batch_size")}
-    key = _cache_key(teacher=cfg.teacher, seed=cfg.seed, sizes=teacher_sizes, schema=SCHEMA)
-    teacher_file = out / "cache" / f"teacher-{key}.pt"
-    teacher_model = load_teacher(cfg.teacher, num_labels=len(NER_LABELS), task="token",
-                                 seed=cfg.seed, id2label=dict(enumerate(NER_LABELS)),
-                                 label2id={t: i for i, t in enumerate(NER_LABELS)})
+    return _cache_key(teacher=cfg.teacher, seed=cfg.seed, sizes=teacher_sizes, schema=SCHEMA)
+
+
+def fine_tune_teacher(prep: Prepared, cfg: Any, sizes: NerSizes, file: Path,
+                      use_cache: bool = True, progress: bool = False,
+                      log: Callable[[str], None] = print) -> dict:
+    """Fine-tune the token-classification teacher (``prep.teacher``), or load it from ``file``."""
+    from ktlab.models import load_teacher
+    prep.teacher = load_teacher(cfg.teacher, num_labels=len(NER_LABELS), task="token",
+                                seed=cfg.seed, id2label=dict(enumerate(NER_LABELS)),
+                                label2id={t: i for i, t in enumerate(NER_LABELS)})
     if sizes.teacher_freeze_embeddings:
         from ktlab.transfer.freeze import freeze_embeddings
-        freeze_embeddings(teacher_model)
+        freeze_embeddings(prep.teacher)
+    if not use_cache:
+        file.unlink(missing_ok=True)
+    if file.is_file():
+        log(f"[ner] teacher loaded from cache {file.name}")
+    batch = sizes.teacher_batch_size or sizes.batch_size
+    steps = common.planned_steps(len(prep.teacher_items), batch, sizes.teacher_epochs,
+                                 sizes.teacher_max_steps)
     t0 = time.perf_counter()
-    if use_cache and teacher_file.is_file():
-        blob = torch.load(teacher_file, map_location="cpu", weights_only=False)
-        teacher_model.load_state_dict(blob["state"])
-        teacher_history, teacher_seconds = blob["history"], blob["train_seconds"]
-        log(f"[ner] teacher loaded from cache {teacher_file.name}")
-    else:
-        teacher_batch = sizes.teacher_batch_size or sizes.batch_size
-        steps = max(1, len(teacher_items) // teacher_batch) * sizes.teacher_epochs
-        if sizes.teacher_max_steps:
-            steps = min(steps, sizes.teacher_max_steps)
-        _, history = _train(teacher_model, teacher_items, ev["dev_items"], lr=sizes.teacher_lr,
-                            epochs=sizes.teacher_epochs, batch_size=teacher_batch,
-                            seed=cfg.seed, loss_fn=None, pad_token_id=pad_id, weight_decay=0.01,
-                            warmup_ratio=0.1, max_steps=sizes.teacher_max_steps,
-                            eval_every=max(1, steps // max(1, sizes.teacher_evals)),
-                            progress=progress)
-        teacher_history, teacher_seconds = _history_dict(history), history.train_seconds
-        torch.save({"state": teacher_model.state_dict(), "history": teacher_history,
-                    "train_seconds": teacher_seconds}, teacher_file)
-    timings["teacher_finetune"] = time.perf_counter() - t0
+    history = _train(prep.teacher, prep.teacher_items, prep.ev["dev_items"], "teacher", file,
+                     lr=sizes.teacher_lr, epochs=sizes.teacher_epochs, batch_size=batch,
+                     seed=cfg.seed, loss_fn=None, pad_id=prep.pad_id, weight_decay=0.01,
+                     warmup_ratio=0.1, max_steps=sizes.teacher_max_steps,
+                     eval_every=max(1, steps // max(1, sizes.teacher_evals)), progress=progress)
+    prep.timings["teacher_finetune"] = time.perf_counter() - t0
+    return history
 
-    # --- the per-word teacher distributions, cached once -------------------------------------
+
+def cache_word_logits(prep: Prepared, file: Path, use_cache: bool = True) -> None:
+    """The teacher's per-word logits on the students' sentences, computed once into ``file``
+    and attached to ``prep.train_items`` as ``teacher_logits``."""
     t0 = time.perf_counter()
-    logits_file = out / "cache" / f"word-logits-{key}.pt"
-    if use_cache and logits_file.is_file():
-        cached = torch.load(logits_file, map_location="cpu", weights_only=False)
-    else:
-        cached = teacher_word_logits(teacher_model, train_items, pad_id)
-        torch.save(cached, logits_file)
-    for item, logits in zip(train_items, cached):
+    if not use_cache:
+        file.unlink(missing_ok=True)
+    compute, chunks = _word_logit_batches(prep.teacher, prep.train_items, prep.pad_id)
+    cached = common.cache_batches(file, chunks, compute,
+                                  lambda done: [row for chunk in done for row in chunk])
+    for item, logits in zip(prep.train_items, cached):
         item["teacher_logits"] = logits
-    timings["teacher_logits"] = time.perf_counter() - t0
+    prep.timings["teacher_logits"] = time.perf_counter() - t0
 
-    teacher_rec = evaluate_model(teacher_model, f"teacher ({cfg.teacher})", "teacher",
-                                 "fine-tuned", ev, pad_id, sizes)
-    teacher_rec.update(train_seconds=round(teacher_seconds, 2), history=teacher_history,
-                       train_examples=len(teacher_items) * sizes.teacher_epochs)
-    log(f"[ner] teacher F1 dev {teacher_rec['dev_f1']:.1f} test {teacher_rec['test_f1']:.1f}; "
-        f"word logits cached ({timings['teacher_logits']:.0f} s); "
-        f"{teacher_rec['throughput_sps']:.0f} sentences/s")
 
-    # --- students ------------------------------------------------------------------------------
-    records = []
-    for student in names:
-        for condition in conditions[student]:
-            t0 = time.perf_counter()
-            kconfig.seed_everything(cfg.seed)
-            model = build_tagger(student, len(tokenizer), len(NER_LABELS),
-                                 crf="crf" in condition, labels=NER_LABELS,
-                                 pad_token_id=pad_id, **sizes.kwargs_for(student))
-            if condition.endswith("+pca"):
-                from ktlab.nn.students import init_embeddings_from_teacher, \
-                    teacher_input_embeddings
-                init_embeddings_from_teacher(getattr(model, "encoder", model),
-                                             teacher_input_embeddings(teacher_model), "pca")
-            trainer, history = _train(
-                model, train_items, ev["dev_items"], lr=STUDENT_LR[student],
-                epochs=sizes.student_epochs, batch_size=sizes.batch_size, seed=cfg.seed,
-                loss_fn=make_loss(condition, sizes.kd_alpha, sizes.kd_temperature),
-                pad_token_id=pad_id, weight_decay=0.01 if student == "tiny" else 0.0,
-                warmup_ratio=0.05, max_steps=sizes.student_max_steps, progress=progress)
-            rec = evaluate_model(model, f"{student}/{condition}", student, condition, ev,
-                                 pad_id, sizes)
-            rec.update(train_seconds=round(history.train_seconds, 2),
-                       train_examples=len(train_items) * sizes.student_epochs,
-                       history=_history_dict(history))
-            records.append(rec)
-            timings[rec["name"]] = time.perf_counter() - t0
-            log(f"[ner] {rec['name']:<16} F1 dev {rec['dev_f1']:5.1f} test {rec['test_f1']:5.1f}"
-                f"  {rec['throughput_sps']:.0f} sent/s  {rec['latency_ms']:.1f} ms  "
-                f"train {rec['train_seconds']:.0f} s")
+def prepare(cfg: Any, sizes: NerSizes, out: Path, use_cache: bool = True,
+            progress: bool = False, log: Callable[[str], None] = print) -> Prepared:
+    """Data, the teacher (fine-tuned or cached), its cached per-word logits and its record."""
+    prep = prepare_data(cfg, sizes, log)
+    key = teacher_key(cfg, sizes)
+    history = fine_tune_teacher(prep, cfg, sizes, out / "cache" / f"teacher-{key}.pt",
+                                use_cache, progress, log)
+    cache_word_logits(prep, out / "cache" / f"word-logits-{key}.pt", use_cache)
+    rec = evaluate_model(prep.teacher, f"teacher ({cfg.teacher})", "teacher", "fine-tuned",
+                         prep.ev, prep.pad_id, sizes)
+    rec.update(train_seconds=history["train_seconds"], history=history,
+               train_examples=len(prep.teacher_items) * sizes.teacher_epochs)
+    prep.teacher_record = rec
+    log(f"[ner] teacher F1 dev {rec['dev_f1']:.1f} test {rec['test_f1']:.1f}; "
+        f"word logits cached ({prep.timings['teacher_logits']:.0f} s); "
+        f"{rec['throughput_sps']:.0f} sentences/s")
+    return prep
 
+
+def build_student(prep: Prepared, student: str, condition: str, sizes: NerSizes,
+                  seed: int) -> torch.nn.Module:
+    """The tagger for ``(student, condition)``: a CRF for ``*crf*``, the teacher's PCA-projected
+    word embeddings for ``*+pca`` (seeded first)."""
+    from ktlab.nn.students import (build_tagger, init_embeddings_from_teacher,
+                                   teacher_input_embeddings)
+    kconfig.seed_everything(seed)
+    model = build_tagger(student, len(prep.tokenizer), len(NER_LABELS), crf="crf" in condition,
+                         labels=NER_LABELS, pad_token_id=prep.pad_id, **sizes.kwargs_for(student))
+    if condition.endswith("+pca"):
+        init_embeddings_from_teacher(getattr(model, "encoder", model),
+                                     teacher_input_embeddings(prep.teacher), "pca")
+    return model
+
+
+def run_student(prep: Prepared, student: str, condition: str, sizes: NerSizes, seed: int,
+                progress: bool = False) -> dict:
+    """Build, train and evaluate one ``(student, condition)``; returns its results record."""
+    model = build_student(prep, student, condition, sizes, seed)
+    history = _train(model, prep.train_items, prep.ev["dev_items"], f"{student}/{condition}",
+                     lr=STUDENT_LR[student], epochs=sizes.student_epochs,
+                     batch_size=sizes.batch_size, seed=seed,
+                     loss_fn=make_loss(condition, sizes.kd_alpha, sizes.kd_temperature),
+                     pad_id=prep.pad_id, weight_decay=0.01 if student == "tiny" else 0.0,
+                     warmup_ratio=0.05, max_steps=sizes.student_max_steps, progress=progress)
+    rec = evaluate_model(model, f"{student}/{condition}", student, condition, prep.ev,
+                         prep.pad_id, sizes)
+    rec.update(train_seconds=history["train_seconds"],
+               train_examples=len(prep.train_items) * sizes.student_epochs, history=history)
+    return rec
+
+
+def assemble_results(cfg: Any, sizes: NerSizes, names: Sequence[str], prep: Prepared,
+                     records: list, started: float, cpu_started: float,
+                     capped: Optional[dict]) -> dict:
+    """The results dict (schema :data:`SCHEMA`), with intervals and the summary."""
+    data, ev, trunc = prep.data, prep.ev, prep.truncation
     results = {
         "schema": SCHEMA, "profile": cfg.profile, "teacher_name": cfg.teacher, "seed": cfg.seed,
-        "sizes": dataclasses.asdict(sizes), "capped": caps_record(max_examples, max_steps),
-        "students_requested": names,
+        "sizes": dataclasses.asdict(sizes), "capped": capped, "students_requested": list(names),
         "labels": NER_LABELS, "machine": describe_machine(),
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "wall_seconds": round(time.time() - started, 1),
-        "cpu_seconds": round(time.process_time() - cpu_started, 1),
-        "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
-        "data": {"teacher_train": len(teacher_items), "student_train": len(train_items),
+        **common.run_clock(started, cpu_started, prep.timings),
+        "data": {"teacher_train": len(prep.teacher_items), "student_train": len(prep.train_items),
                  "dev": len(ev["dev_items"]), "test": len(ev["test_items"]),
                  "truncated": trunc.truncated, "encoded": trunc.total},
-        "teacher": teacher_rec, "students": records,
+        "teacher": prep.teacher_record, "students": records,
         "test": {"ids": [str(i) for i in data["test"]["id"]],
                  "tokens": [list(t) for t in data["test"]["tokens"]],
                  "gold": [[NER_LABELS.index(t) for t in s] for s in ev["test_gold"]]},
     }
     add_intervals(results)
     results["summary"] = summarise(results)
+    return results
+
+
+def run(profile: Optional[str] = None, teacher: Optional[str] = None,
+        students: str | Sequence[str] = STUDENTS, out_dir: str | Path = "runs/ner",
+        seed: Optional[int] = None, sizes: Optional[NerSizes] = None,
+        conditions: Optional[dict[str, Sequence[str]]] = None, use_cache: bool = True,
+        plots: bool = True, progress: bool = False,
+        log: Callable[[str], None] = print, max_examples: Optional[int] = None,
+        max_steps: Optional[int] = None) -> dict:
+    """Run the whole experiment; returns the results dict (also written to ``out_dir``).
+
+    :func:`prepare` (data, teacher, cached logits), :func:`run_student` per (student,
+    condition), :func:`assemble_results`, :func:`write_results`. ``sizes`` overrides the
+    profile's :class:`NerSizes` (``PROFILE_SIZES["tiny"]`` in tests, ``["notebook"]`` in
+    notebook 05); ``conditions`` maps a student to the conditions it trains under (default
+    :data:`CONDITIONS`; any of :data:`ALL_CONDITIONS`). ``max_examples`` and ``max_steps`` cap
+    those sizes (:func:`cap_sizes`; ``results["capped"]`` records them)."""
+    names = parse_students(students)
+    cfg, sizes = resolve_config(profile, teacher, seed, sizes, max_examples, max_steps)
+    table = condition_table(cfg.profile, conditions)
+    _check_pca_width(cfg.teacher, {s: table[s] for s in names}, sizes)
+    out = Path(out_dir)
+    (out / "cache").mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+    started, cpu_started = time.time(), time.process_time()
+    log(f"[ner] {cfg.summary()} students={','.join(names)} out={out}")
+    prep = prepare(cfg, sizes, out, use_cache, progress, log)
+    records = []
+    for student in names:
+        for condition in table[student]:
+            t0 = time.perf_counter()
+            rec = run_student(prep, student, condition, sizes, cfg.seed, progress)
+            records.append(rec)
+            prep.timings[rec["name"]] = time.perf_counter() - t0
+            log(f"[ner] {rec['name']:<16} F1 dev {rec['dev_f1']:5.1f} test {rec['test_f1']:5.1f}"
+                f"  {rec['throughput_sps']:.0f} sent/s  {rec['latency_ms']:.1f} ms  "
+                f"train {rec['train_seconds']:.0f} s")
+    results = assemble_results(cfg, sizes, names, prep, records, started, cpu_started,
+                               caps_record(max_examples, max_steps))
     write_results(results, out, plots=plots)
     log(markdown_table(results))
     log(f"[ner] wrote {out / 'results.json'} in {results['wall_seconds']:.0f} s")
@@ -874,15 +919,8 @@ def plot_tradeoff(results: dict) -> Any:
 
 def plot_teacher_curve(results: dict) -> Any:
     """The teacher's fine-tuning: training loss per step and dev entity F1 at each evaluation."""
-    import matplotlib.pyplot as plt
-    h = results["teacher"]["history"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(h["step"], h["loss"], color="tab:blue", alpha=0.7, label="train loss")
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("cross-entropy loss")
-    ax2 = ax.twinx()
-    ax2.plot(h["eval_step"], h["eval_f1"], "o-", color="tab:red", label="dev F1 (first sub-token)")
-    ax2.set_ylabel("dev entity F1 (%)")
+    fig, ax, ax2 = common.teacher_curve_axes(results, results["teacher"]["history"]["eval_f1"],
+                                             "dev F1 (first sub-token)", "dev entity F1 (%)")
     ax2.set_ylim(0, 100)
     ax.set_title(f"Teacher fine-tuning on CoNLL-2003 ({results['teacher_name']}, "
                  f"{results['profile']})")

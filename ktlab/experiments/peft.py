@@ -49,9 +49,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
-from ktlab import config as kconfig
-from ktlab.experiments import classify
-from ktlab.experiments.common import caps_record, capped, describe_machine
+from ktlab.experiments import classify, common
+from ktlab.experiments.common import caps_record, describe_machine
 from ktlab.transfer.freeze import TASK_HEAD, is_head
 
 SCHEMA = "ktlab.peft/1"
@@ -123,14 +122,8 @@ PROFILE_METHODS = {
 
 def parse_methods(spec: str | Sequence[str]) -> list[str]:
     """``"full,lora"`` -> ``["full", "lora"]``, rejecting unknown names with the valid ones."""
-    parts = spec.split(",") if isinstance(spec, str) else spec
-    names = list(dict.fromkeys(p.strip().lower() for p in parts if p.strip()))
-    unknown = ", ".join(repr(n) for n in names if n not in METHODS)
-    if unknown or not names:
-        raise ConfigError(f"unknown method(s) {unknown or '(none given)'}; --methods takes a "
-                          f"comma-separated list of {', '.join(METHODS)} "
-                          "(e.g. --methods full,lora,peft-lora)")
-    return names
+    return common.parse_names(spec, tuple(METHODS), "method", "--methods", "full,lora,peft-lora",
+                              ConfigError)
 
 
 def settings() -> dict:
@@ -200,13 +193,9 @@ def cap_sizes(sizes: PeftSizes, max_examples: Optional[int] = None,
               max_steps: Optional[int] = None) -> PeftSizes:
     """``sizes`` with every set cut to ``max_examples`` sentences and every training run to
     ``max_steps`` steps (``--max-examples`` / ``--max-steps``: smoke runs of a profile)."""
-    if max_examples is None and max_steps is None:
-        return sizes
-    cut = {f: capped(getattr(sizes, f), max_examples) for f in (
+    return common.cap_fields(sizes, max_examples, max_steps, (
         "train_pool", "dev", "probe_train", "probe_eval", "cka_sentences", "speed_sentences",
-        "latency_sentences")}
-    return dataclasses.replace(sizes, **cut, steps=capped(sizes.steps, max_steps),
-                               timing_steps=capped(sizes.timing_steps, max_steps))
+        "latency_sentences"), ("steps", "timing_steps"))
 
 
 def _classify_view(sizes: PeftSizes) -> classify.ClassifySizes:
@@ -464,7 +453,7 @@ def train_method(model: nn.Module, method: Method, data: PeftData, sizes: PeftSi
     finished = (Path(work_dir) / "model.pt").is_file()
     epochs = max(1, math.ceil(sizes.steps * sizes.batch_size / len(data.train_items)))
     with PeakMemory() as memory:
-        history = classify.train_resumable(
+        history = common.train_resumable(
             model, data.train_items, None, Path(work_dir), method.name, callbacks, lr=method.lr,
             epochs=epochs, batch_size=sizes.batch_size, seed=seed,
             loss_fn=_l2sp_loss(model) if method.family == "l2sp" else None, pad_id=data.pad_id,
@@ -887,7 +876,7 @@ def prepare(teacher: str, seed: int, sizes: PeftSizes, out: Path,
     """Stages 1-3: data, the pretrained reference and the probe (cached in ``probe.pt``)."""
     from ktlab.train import atomic_save
     data = load_data(sizes, seed, teacher, data_dir)
-    key = classify.cache_key(schema=SCHEMA, task=data.task, labels=data.label_names,
+    key = common.cache_key(schema=SCHEMA, task=data.task, labels=data.label_names,
                              teacher=teacher, seed=seed, sizes=dataclasses.asdict(sizes),
                              settings=settings())
     pretrained = pretrained_model(teacher, len(data.label_names), seed)
@@ -902,7 +891,7 @@ def prepare(teacher: str, seed: int, sizes: PeftSizes, out: Path,
 
 
 def _method_key(prep: Prepared, method: Method) -> str:
-    return classify.cache_key(run=prep.key, method=dataclasses.asdict(method))
+    return common.cache_key(run=prep.key, method=dataclasses.asdict(method))
 
 
 def _work_dir(prep: Prepared, method: Method) -> Path:
@@ -969,8 +958,7 @@ def assemble_results(prep: Prepared, profile: str, records: list[dict], wise: li
         "schema": SCHEMA, "task": data.task, "label_names": data.label_names, "profile": profile,
         "teacher_name": prep.teacher, "seed": prep.seed, "sizes": dataclasses.asdict(prep.sizes),
         "settings": settings(), "machine": describe_machine(), "cache_key": prep.key,
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "wall_seconds": round(time.time() - started, 1),
+        **common.run_clock(started),
         "data": {"train_pool": len(data.train_items), "dev": len(data.dev_items),
                  "probe_train_sentences": len(data.probe_train),
                  "probe_eval_sentences": len(data.probe_eval),
@@ -996,8 +984,8 @@ def run(profile: Optional[str] = None, teacher: Optional[str] = None,
     """The whole experiment: :func:`prepare`, :func:`method_record` per method, the WiSE-FT
     frontier (needs ``full``), the peft comparison (needs ``lora`` and ``peft-lora``), then the
     results folder. Returns the results dict."""
-    cfg = kconfig.load(profile, teacher=teacher, seed=seed, verbose=False)
-    sizes = cap_sizes(sizes or PROFILE_SIZES[cfg.profile], max_examples, max_steps)
+    cfg, sizes = common.resolve(profile, teacher, seed, PROFILE_SIZES, sizes, cap_sizes,
+                                max_examples, max_steps)
     names = parse_methods(methods or PROFILE_METHODS[cfg.profile])
     out, started = Path(out_dir), time.time()
     if not use_cache:
