@@ -20,8 +20,8 @@ def _cells(path: Path) -> list[dict]:
     return json.loads(path.read_text())["cells"]
 
 
-def test_the_course_has_notebooks_00_to_07():
-    assert [p.name[:2] for p in COURSE] == [f"{i:02d}" for i in range(8)]
+def test_the_course_has_notebooks_00_to_09():
+    assert [p.name[:2] for p in COURSE] == [f"{i:02d}" for i in range(10)]
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: f"{p.parent.name}/{p.name}")

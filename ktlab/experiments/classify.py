@@ -285,10 +285,13 @@ def optimizer_with_fast_head(model: torch.nn.Module, lr: float, weight_decay: fl
 
 def fine_tune_teacher(teacher: torch.nn.Module, items: list[dict], dev_items: list[dict],
                       sizes: ClassifySizes, seed: int, work_dir: Path, pad_id: int = 0,
-                      progress: bool = False, callbacks: Iterable[StageCallback] = ()) -> dict:
+                      progress: bool = False, callbacks: Iterable[StageCallback] = (),
+                      loss_fn: Optional[Callable] = None) -> dict:
     """Fine-tune ``teacher`` in place (resumable); returns its training history as a dict.
 
-    A finished run is read back from ``work_dir/model.pt`` instead of retraining."""
+    A finished run is read back from ``work_dir/model.pt`` instead of retraining. ``loss_fn``
+    (default: the model's own cross-entropy) lets notebook 09 train the same recipe with an
+    adversarial loss (:func:`ktlab.robustness.fgm_loss`)."""
     if sizes.teacher_freeze_embeddings:
         teacher.get_input_embeddings().weight.requires_grad_(False)
     steps = common.planned_steps(len(items), sizes.batch_size, sizes.teacher_epochs,
@@ -296,7 +299,7 @@ def fine_tune_teacher(teacher: torch.nn.Module, items: list[dict], dev_items: li
     optimizer = optimizer_with_fast_head(teacher, sizes.teacher_lr, 0.01)
     return train_resumable(
         teacher, items, dev_items, work_dir, "teacher", callbacks, lr=sizes.teacher_lr,
-        epochs=sizes.teacher_epochs, batch_size=sizes.batch_size, seed=seed, loss_fn=None,
+        epochs=sizes.teacher_epochs, batch_size=sizes.batch_size, seed=seed, loss_fn=loss_fn,
         pad_id=pad_id, weight_decay=0.01, warmup_ratio=0.1, max_steps=sizes.teacher_max_steps,
         eval_every=max(1, -(-steps // max(1, sizes.teacher_evals))), progress=progress,
         save_every=sizes.save_every, optimizer=optimizer)
@@ -409,8 +412,11 @@ def tiny_from_teacher(teacher: torch.nn.Module, vocab_size: int, pad_token_id: i
 def train_student(model: torch.nn.Module, student: str, condition: Condition,
                   train_items: list, aug_items: list, sizes: ClassifySizes, seed: int,
                   work_dir: Path, pad_id: int = 0, progress: bool = False,
-                  callbacks: Iterable[StageCallback] = ()) -> dict:
+                  callbacks: Iterable[StageCallback] = (),
+                  loss_fn: Optional[Callable] = None) -> dict:
     """Train one student under ``condition`` (resumable); returns its history dict.
+
+    ``loss_fn`` replaces the condition's loss (notebook 09 wraps it in adversarial training).
 
     Every condition gets the same budget, ``student_epochs`` passes' worth of the labelled set:
     with the transfer set added, there are proportionally fewer passes over the larger set."""
@@ -422,7 +428,7 @@ def train_student(model: torch.nn.Module, student: str, condition: Condition,
     return train_resumable(
         model, items, None, work_dir, f"{student}/{condition.name}", callbacks, lr=lr,
         epochs=epochs, batch_size=sizes.student_batch_size, seed=seed,
-        loss_fn=make_distill_loss() if condition.distill else hard_label_loss,
+        loss_fn=loss_fn or (make_distill_loss() if condition.distill else hard_label_loss),
         pad_id=pad_id, weight_decay=0.01 if student == "tiny" else 0.0, warmup_ratio=0.05,
         max_steps=sizes.student_max_steps, save_every=sizes.save_every, progress=progress)
 

@@ -166,6 +166,32 @@ def _run_peft(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serving_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", default=None, metavar="DIR",
+                        help="folder of the trained teacher and BiLSTM students (a sentiment "
+                             "run; trained there if missing; default: OUT/models). deploy and "
+                             "explain can share one: --models results/serving-bench")
+
+
+def _run_serving(name: str) -> Callable[[argparse.Namespace], int]:
+    """``ktlab run deploy`` / ``ktlab run explain``: same options, different experiment."""
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+        module = importlib.import_module(f"ktlab.experiments.{name}")
+        from ktlab.experiments.common import ConfigError
+        from ktlab.deploy.bundle import BundleError
+        out = args.out or f"runs/{name}-{args.profile or 'quick'}"
+        try:
+            module.run(profile=args.profile, out_dir=out, models_dir=args.models,
+                       teacher=args.teacher, seed=args.seed, max_examples=args.max_examples,
+                       max_steps=args.max_steps)
+        except (ConfigError, BundleError, FileNotFoundError) as err:
+            print(f"ktlab run {name}: error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    return run
+
+
 EXPERIMENTS = [
     Experiment("sentiment", "SST-2: fine-tune a teacher, distil it into BiLSTM/CNN/tiny "
                "Transformer students, measure accuracy, size and speed",
@@ -183,6 +209,14 @@ EXPERIMENTS = [
                "rank, adapters, peft's LoRA) beside full fine-tuning, L2-SP and Mixout: "
                "accuracy, cost, and forgetting (CKA, a POS probe, the WiSE-FT frontier)",
                _peft_args, _run_peft),
+    Experiment("deploy", "serve the SST-2 teacher and best BiLSTM: dynamic int8, ONNX fp32/int8 "
+               "with onnxruntime; size, accuracy, agreement, p50/p95 latency with and without "
+               "tokenisation, throughput, peak memory (notebook 08)",
+               _serving_args, _run_serving("deploy")),
+    Experiment("explain", "look inside the teacher and students: integrated gradients, teacher-"
+               "student attribution agreement (kd vs hard), attention vs gradients, deletion "
+               "test, LIME; perturbed dev sets and FGM adversarial training (notebook 09)",
+               _serving_args, _run_serving("explain")),
 ]
 
 
