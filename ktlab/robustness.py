@@ -5,8 +5,8 @@ Two questions from notebook 09:
 1. **How brittle is each model?** We perturb the *real* SST-2 dev sentences three ways and
    measure the accuracy drop:
 
-   * ``typo`` - a character-level edit (swap two neighbours, drop, double or replace a letter)
-     in words of three letters or more, each with probability ``p``;
+   * ``typo`` - a character-level edit (swap two neighbours, delete a letter, insert or replace
+     one by a QWERTY neighbour) in words of four letters or more, each with probability ``p``;
    * ``swap`` - a word replaced by another word of the same part of speech (the CoNLL-2003 POS
      lookup of :mod:`ktlab.augment`), each with probability ``p``;
    * ``drop`` - each word deleted with probability ``p`` (at least one word is kept).
@@ -35,27 +35,32 @@ if TYPE_CHECKING:  # torch is imported lazily: `import ktlab` stays light
     from ktlab.augment import WordLookup
 
 PERTURBATIONS = ("typo", "swap", "drop")
-_TYPO_OPS = ("swap", "delete", "double", "replace")
+_TYPO_OPS = ("swap", "delete", "insert", "replace")
+_QWERTY_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
+#: letter -> the letters beside it on a QWERTY keyboard (same row), the usual slip of a finger
+QWERTY_NEIGHBOURS = {row[i]: row[max(0, i - 1):i] + row[i + 1:i + 2]
+                     for row in _QWERTY_ROWS for i in range(len(row))}
 _MAX_REDRAWS = 5
 
 
 # ----------------------------------------------------------------------------- perturbations
 
 def typo(word: str, rng: random.Random) -> str:
-    """One character edit inside ``word`` (first letter kept, as human typos mostly do).
-    Words shorter than three letters or not alphabetic come back unchanged."""
-    if len(word) < 3 or not word.isalpha():
+    """One character edit inside ``word``, the first letter kept (as most human typos do).
+    Words shorter than four letters or not alphabetic come back unchanged: "a" -> "s" would be a
+    different word, not a typo."""
+    if len(word) < 4 or not word.isalpha():
         return word
     op = rng.choice(_TYPO_OPS)
-    i = rng.randrange(1, len(word))          # never the first letter
-    if op == "swap" and i < len(word) - 1:
+    i = rng.randrange(1, len(word) - 1) if op == "swap" else rng.randrange(1, len(word))
+    near = QWERTY_NEIGHBOURS.get(word[i].lower()) or string.ascii_lowercase
+    if op == "swap":
         return word[:i] + word[i + 1] + word[i] + word[i + 2:]
     if op == "delete":
         return word[:i] + word[i + 1:]
-    if op == "double":
-        return word[:i] + word[i] + word[i:]
-    letters = [c for c in string.ascii_lowercase if c != word[i].lower()]
-    return word[:i] + rng.choice(letters) + word[i + 1:]
+    if op == "insert":
+        return word[:i] + rng.choice(near) + word[i:]
+    return word[:i] + rng.choice(near) + word[i + 1:]
 
 
 def typo_sentence(sentence: str, p: float, rng: random.Random) -> str:

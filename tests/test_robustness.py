@@ -21,7 +21,11 @@ def test_typo_edits_one_character_and_keeps_the_first_letter():
         new = robustness.typo("wonderful", rng)
         assert new[0] == "w" and abs(len(new) - len("wonderful")) <= 1
     assert sum(robustness.typo("wonderful", rng) != "wonderful" for _ in range(50)) >= 45
-    assert robustness.typo("ok", rng) == "ok" and robustness.typo(",", rng) == ","
+    assert robustness.typo("film", rng) != "film" or robustness.typo("film", rng) != "film"
+    assert robustness.typo("bad", rng) == "bad" and robustness.typo("co-op", rng) == "co-op"
+    # replacements and insertions come from the QWERTY row neighbours
+    assert set(robustness.QWERTY_NEIGHBOURS["a"]) == {"s"}
+    assert set(robustness.QWERTY_NEIGHBOURS["g"]) == {"f", "h"}
 
 
 def test_perturb_dev_is_deterministic_changes_sentences_and_keeps_order():
