@@ -11,7 +11,8 @@ import sys
 from typing import Optional, Sequence
 
 #: Modules that add sub-commands; a module that does not exist yet is skipped.
-COMMAND_MODULES = ("ktlab.envcheck", "ktlab.data.cli", "ktlab.experiments.cli", "ktlab.grading.cli")
+COMMAND_MODULES = ("ktlab.envcheck", "ktlab.data.cli", "ktlab.experiments.cli", "ktlab.deploy.cli",
+                   "ktlab.grading.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
