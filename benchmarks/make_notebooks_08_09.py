@@ -187,7 +187,7 @@ print(f"checked in {time.perf_counter() - t0:.0f} s")
 predictor = Predictor.load(bundle, threads=1)
 long_text = " ".join(["a thoroughly enjoyable , well acted film ."] * 12)
 for row in predictor.predict(["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés .", long_text]):
-    print(f"{row['label']} p={max(row['probs'].values()):.3f} tokens={row['tokens']:<3} truncated={row['truncated']}  {row['text'][:60]}")
+    print(f"{row['label']} p={max(row['probs'].values()):.3f} tokens={len(row['tokens']):<3} truncated={row['truncated']}  {row['text'][:60]}")
 """),
     code(r"""
 ktlab_cli = [sys.executable, "-m", "ktlab.cli"]
