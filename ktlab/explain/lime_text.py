@@ -1,48 +1,61 @@
-"""LIME (Ribeiro et al. 2016) beside integrated gradients on one sentence.
+"""LIME (Ribeiro et al. 2016) beside integrated gradients.
 
-LIME deletes random subsets of *words*, asks the model, and fits a weighted linear model to
-the answers: a black-box explanation that needs only ``predict_proba``. IG works on sub-word
-tokens, so :func:`word_level` sums each word's pieces to put the two side by side."""
+LIME treats the model as a black box: it removes random subsets of the sentence's *words*,
+reads the model's probabilities on those copies, and fits a sparse linear model whose weights
+are the explanation. It needs only ``predict_proba(list of strings) -> probabilities``
+(:func:`predict_proba_fn`). Its features are words (split on non-word characters, a word's every
+occurrence removed together), while integrated gradients score WordPiece tokens, so
+:func:`word_level` sums the pieces of each word (``un ##believ ##able`` -> ``unbelievable``) to
+put the two side by side.
+"""
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
+from torch import nn
 
-from ktlab.explain._inputs import encode, pad_id, probabilities
-from ktlab.explain.gradients import TokenAttribution
+from ktlab.explain import _inputs
 
 
-def predict_proba_fn(model: torch.nn.Module, tokenizer: Any, max_length: int = 64,
+def predict_proba_fn(model: nn.Module, tokenizer: Any, max_length: int = 64,
                      batch_size: int = 64) -> Callable[[Sequence[str]], np.ndarray]:
-    """``texts -> (n, classes)`` probabilities, the interface LIME expects."""
-    def predict_proba(texts: Sequence[str]) -> np.ndarray:
-        rows = encode(tokenizer, list(texts), max_length)
-        return probabilities(model, rows, pad_id(tokenizer), batch_size).numpy()
+    """``f(sentences) -> (n, classes)`` probabilities, the black box LIME queries."""
+    pad = _inputs.pad_id(tokenizer)
+
+    def predict_proba(sentences: Sequence[str]) -> np.ndarray:
+        ids = _inputs.encode(tokenizer, list(sentences), max_length)
+        return _inputs.probabilities(model, ids, pad, batch_size).double().numpy()
+
     return predict_proba
 
 
 def lime_explanation(predict_proba: Callable[[Sequence[str]], np.ndarray], sentence: str,
                      label: int, num_features: int = 10, num_samples: int = 1000,
                      seed: int = 0) -> list[tuple[str, float]]:
-    """LIME's ``(word, weight)`` towards ``label``, largest |weight| first."""
+    """LIME's ``(word, weight)`` pairs for class ``label``, largest |weight| first (seeded:
+    the same sentence gives the same explanation)."""
     from lime.lime_text import LimeTextExplainer
-    explainer = LimeTextExplainer(split_expression=r"\s+", bow=False, random_state=seed)
-    exp = explainer.explain_instance(sentence, predict_proba, labels=(label,),
-                                     num_features=num_features, num_samples=num_samples)
-    return [(str(w), float(s)) for w, s in exp.as_list(label=label)]
+    explainer = LimeTextExplainer(random_state=seed)
+    explanation = explainer.explain_instance(sentence, predict_proba, labels=(label,),
+                                             num_features=num_features, num_samples=num_samples)
+    return [(str(word), float(weight)) for word, weight in explanation.as_list(label=label)]
 
 
-def word_level(attr: TokenAttribution) -> list[tuple[str, float]]:
-    """Merge WordPiece continuations (``##``) into words, summing their scores."""
-    words: list[tuple[str, float]] = []
-    for token, score in zip(attr.tokens, attr.scores):
-        if token in ("[CLS]", "[SEP]", "[PAD]"):
+def word_level(attr: Any, punctuation: bool = False) -> list[tuple[str, float]]:
+    """``(word, score)`` per word: WordPiece continuations (``##...``) summed into the word
+    they continue (completeness carries over: a word's score is its pieces' total).
+    [CLS]/[SEP] are left out, and punctuation too unless ``punctuation=True``, since LIME
+    splits it away and would give it no weight."""
+    special = attr.special or [False] * len(attr.tokens)
+    words: list[list] = []
+    for token, score, skip in zip(attr.tokens, attr.scores, special):
+        if skip:
             continue
         if token.startswith("##") and words:
-            word, total = words[-1]
-            words[-1] = (word + token[2:], total + score)
+            words[-1][0] += token[2:]
+            words[-1][1] += score
         else:
-            words.append((token, score))
-    return words
+            words.append([token, float(score)])
+    return [(w, s) for w, s in words if punctuation or re.search(r"\w", w)]
